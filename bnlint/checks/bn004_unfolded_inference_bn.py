@@ -1,0 +1,23 @@
+"""BN004: an inference BatchNormalization that could be folded into the preceding layer."""
+
+from bnlint.foldable import FoldTarget, fold_target
+from bnlint.graph import Graph
+from bnlint.registry import Hit, check
+from bnlint.semantics import batchnorm
+
+
+@check("BN004")
+def unfolded_inference_bn(graph: Graph):
+    for node in graph.nodes:
+        bn = batchnorm(node)
+        if bn is None or bn.training:
+            continue
+        target = fold_target(bn)
+        if not isinstance(target, FoldTarget):
+            continue
+        yield Hit(
+            node,
+            f"{node.display} is an inference-time per-channel affine map that can be folded into "
+            f"{target.kind} '{target.layer.label}' (`bnlint fix`)",
+            related=tuple(n for n in (target.layer, target.add) if n is not None),
+        )

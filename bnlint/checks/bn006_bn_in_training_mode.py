@@ -1,0 +1,18 @@
+"""BN006: a BatchNormalization left in training mode."""
+
+from bnlint.graph import Graph
+from bnlint.registry import Hit, check
+from bnlint.semantics import batchnorm
+
+
+@check("BN006")
+def bn_in_training_mode(graph: Graph):
+    for node in graph.nodes:
+        bn = batchnorm(node)
+        if bn is None or not bn.training:
+            continue
+        yield Hit(
+            node,
+            f"{node.display} runs in training mode ({bn.training_reason}): it normalizes with the statistics "
+            "of each batch, so outputs depend on the batch; was the model exported without model.eval()?",
+        )

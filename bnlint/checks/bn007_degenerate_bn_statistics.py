@@ -1,0 +1,44 @@
+"""BN007: BatchNormalization parameters that are invalid (error) or channels that are dead (warning)."""
+
+import numpy as np
+
+from bnlint.findings import Severity
+from bnlint.graph import Graph
+from bnlint.registry import Hit, check
+from bnlint.semantics import batchnorm
+
+
+def _channels(mask: np.ndarray, limit: int = 8) -> str:
+    indices = np.flatnonzero(mask)
+    shown = ", ".join(str(i) for i in indices[:limit])
+    more = f", … ({len(indices)} in all)" if len(indices) > limit else ""
+    return f"channel{'s' if len(indices) > 1 else ''} {shown}{more}"
+
+
+@check("BN007")
+def degenerate_bn_statistics(graph: Graph):
+    for node in graph.nodes:
+        bn = batchnorm(node)
+        if bn is None:
+            continue
+        problems = []
+        if not np.isfinite(bn.epsilon) or bn.epsilon <= 0:
+            problems.append(f"epsilon is {bn.epsilon!r} (must be > 0)")
+        params = bn.params() if bn.params_constant() else None
+        if params is not None:
+            var = params["var"]
+            for key in ("scale", "bias", "mean", "var"):
+                bad = ~np.isfinite(params[key])
+                if bad.any():
+                    problems.append(f"{key} is NaN or Inf in {_channels(bad)}")
+            negative = np.isfinite(var) & (var < 0)
+            if negative.any() and not bn.training:
+                problems.append(f"running variance is negative in {_channels(negative)}")
+        if problems:
+            yield Hit(node, f"{node.display} has degenerate statistics: " + "; ".join(problems),
+                      severity=Severity.ERROR)
+        if params is not None:
+            dead = params["scale"] == 0
+            if dead.any():
+                yield Hit(node, f"{node.display} has scale exactly 0 in {_channels(dead)}: those output "
+                                "channels are the constant bias (dead channels)", severity=Severity.WARNING)

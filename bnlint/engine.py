@@ -1,0 +1,62 @@
+"""Run the selected checks over every graph of a model and turn their hits into findings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from bnlint.findings import Finding, Location, Severity, sort_findings
+from bnlint.graph import Model, Node
+from bnlint.registry import Hit, all_checks
+from bnlint.ruledocs import all_rule_docs
+
+
+def location_of(node: Node, display_path: str) -> Location:
+    provenance = node.provenance
+    return Location(
+        file=display_path,
+        graph=node.graph.path,
+        node=node.label,
+        op_type=node.op_type,
+        index=node.index,
+        module=provenance.module if provenance else None,
+        module_class=provenance.module_class if provenance else None,
+        source_file=provenance.source_file if provenance else None,
+        source_line=provenance.source_line if provenance else None,
+    )
+
+
+def lint_model(
+    model: Model,
+    *,
+    codes: Iterable[str] | None = None,
+    severity_overrides: Mapping[str, Severity] | None = None,
+    display_path: str | None = None,
+) -> list[Finding]:
+    """Findings of the selected rules (all when `codes` is None), sorted deterministically."""
+    checks = all_checks()
+    docs = all_rule_docs()
+    selected = sorted(checks) if codes is None else sorted(set(codes) & set(checks))
+    overrides = dict(severity_overrides or {})
+    shown_path = display_path or model.info.path
+    findings = []
+    for graph in model.all_graphs():
+        for code in selected:
+            doc = docs[code]
+            for hit in checks[code](graph):
+                findings.append(_finding(code, doc, hit, overrides, shown_path))
+    return sort_findings(findings)
+
+
+def _finding(code, doc, hit: Hit, overrides, shown_path) -> Finding:
+    severity = overrides.get(code) or hit.severity or doc.severity
+    return Finding(
+        code=code,
+        slug=doc.slug,
+        severity=severity,
+        message=hit.message,
+        location=location_of(hit.node, shown_path),
+        related=tuple(n.label for n in hit.related),
+        fixable=doc.fix_available,
+        tags=doc.tags,
+        citations=doc.citation_refs(),
+    )

@@ -1,0 +1,87 @@
+"""Findings are values: frozen, sortable, and independent of how they are reported."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls(text.lower())
+        except ValueError:
+            raise ValueError(f"unknown severity {text!r} (expected info, warning or error)") from None
+
+
+_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a finding points: the model file, graph path and node; for PyTorch also module and source."""
+
+    file: str
+    graph: str
+    node: str
+    op_type: str
+    index: int
+    module: str | None = None
+    module_class: str | None = None
+    source_file: str | None = None
+    source_line: int | None = None
+
+    @property
+    def source(self) -> str | None:
+        if self.source_file is None:
+            return None
+        return f"{self.source_file}:{self.source_line}" if self.source_line else self.source_file
+
+
+@dataclass(frozen=True)
+class CitationRef:
+    """A short form of a citation carried by each finding (the rule file has the full text)."""
+
+    short: str
+    section: str
+    link: str
+    stance: str
+    claim: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    slug: str
+    severity: Severity
+    message: str
+    location: Location
+    related: tuple[str, ...] = ()
+    fixable: bool = False
+    tags: tuple[str, ...] = ()
+    citations: tuple[CitationRef, ...] = field(default=(), compare=False)
+
+    def sort_key(self):
+        loc = self.location
+        return (loc.file, loc.graph != "main", loc.graph, loc.index, self.code, self.message)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["severity"] = self.severity.value
+        data["related"] = list(self.related)
+        data["tags"] = list(self.tags)
+        data["citations"] = [asdict(c) for c in self.citations]
+        return data
+
+
+def sort_findings(findings) -> list[Finding]:
+    return sorted(findings, key=Finding.sort_key)

@@ -1,0 +1,96 @@
+"""Human-readable output: `full` (with evidence and citations) and `concise` (one line per finding)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+
+import click
+
+from bnlint.findings import Finding, Severity
+from bnlint.ruledocs import rule_doc
+
+_SEVERITY_COLOR = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
+WIDTH = 100
+
+
+def _style(text: str, color: bool, **kwargs) -> str:
+    return click.style(text, **kwargs) if color else text
+
+
+def location_text(finding: Finding) -> str:
+    """`src/net.py:12` when the Python source is known, else `model.onnx:main/bn1`."""
+    loc = finding.location
+    if loc.source:
+        return loc.source
+    return f"{loc.file}:{loc.graph}/{loc.node}"
+
+
+def headline(finding: Finding, color: bool) -> str:
+    sev = finding.severity
+    code = _style(finding.code, color, fg=_SEVERITY_COLOR[sev], bold=True)
+    where = _style(location_text(finding), color, bold=True)
+    tag = " [contested]" if "contested" in finding.tags else ""
+    return f"{where}: {code} [{sev.value}]{tag} {finding.message}"
+
+
+def render_concise(findings: list[Finding], *, color: bool = False) -> str:
+    return "".join(headline(f, color) + "\n" for f in findings)
+
+
+def _wrapped(prefix: str, text: str) -> list[str]:
+    indent = " " * len(prefix)
+    return textwrap.wrap(text, WIDTH, initial_indent=prefix, subsequent_indent=indent) or [prefix.rstrip()]
+
+
+def render_full(findings: list[Finding], *, color: bool = False) -> str:
+    blocks = []
+    for finding in findings:
+        loc = finding.location
+        lines = [headline(finding, color)]
+        node_line = f"  --> {loc.file} graph {loc.graph}, node #{loc.index} {loc.op_type} '{loc.node}'"
+        if loc.module:
+            node_line += f", module {loc.module}" + (f" ({loc.module_class})" if loc.module_class else "")
+        lines.append(_style(node_line, color, dim=True))
+        doc = rule_doc(finding.code)
+        if doc is not None:
+            lines += _wrapped("   = why: ", doc.summary)
+            for citation in doc.citations:
+                label = {"for": "for", "against": "against", "context": "see"}[citation.stance]
+                lines += _wrapped(f"   = {label}: ",
+                                  f"{citation.short_authors} {citation.year}, {citation.section}: {citation.claim} "
+                                  f"<{citation.link}>")
+            if doc.fix_available:
+                lines.append(f"   = fix: `bnlint fix` ({doc.fix_safety})")
+            lines.append(f"   = docs: bnlint rule {finding.code}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def render_statistics(findings: list[Finding]) -> str:
+    counts = Counter(f.code for f in findings)
+    rows = []
+    for code in sorted(counts):
+        doc = rule_doc(code)
+        fixable = "[*]" if doc is not None and doc.fix_available else "   "
+        severity = next(f.severity.value for f in findings if f.code == code)
+        slug = doc.slug if doc else ""
+        rows.append(f"{counts[code]:>6}  {code}  {fixable} {slug:<32} {severity}")
+    return "".join(row + "\n" for row in rows)
+
+
+def summary_line(findings: list[Finding], files: int, errors: int) -> str:
+    models = f"{files} model{'s' if files != 1 else ''}"
+    if not findings:
+        text = f"No findings in {models}."
+    else:
+        by = Counter(f.severity for f in findings)
+        parts = [f"{by[s]} {s.value}{'s' if by[s] != 1 and s is not Severity.INFO else ''}"
+                 for s in (Severity.ERROR, Severity.WARNING, Severity.INFO) if by[s]]
+        fixable = sum(1 for f in findings if f.fixable)
+        text = f"Found {len(findings)} finding{'s' if len(findings) != 1 else ''} ({', '.join(parts)}) in {models}."
+        if fixable:
+            text += f" {fixable} fixable with `bnlint fix`."
+    if errors:
+        text += f" {errors} file{'s' if errors != 1 else ''} could not be read."
+    return text

@@ -1,0 +1,139 @@
+"""One meaning for the opset variants of BatchNormalization and Dropout.
+
+BatchNormalization: opset 1-6 train unless `is_test=1`; opset 7-13 train when the running-statistics
+outputs are present; opset 14+ has `training_mode`. Opset < 9 has `spatial` (0 = per-activation
+statistics, which no per-channel fold can absorb).
+Dropout: opset < 7 is a no-op only with `is_test=1`; opset 7-11 is always a no-op at inference;
+opset 12+ reads `ratio` and `training_mode` from inputs (absent `training_mode` = inference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnlint.graph import Node
+
+BN_OPS = ("BatchNormalization",)
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """A BN node's meaning: its parameter names, epsilon, and whether it runs in training mode."""
+
+    node: Node
+    x: str
+    scale: str
+    bias: str
+    mean: str
+    var: str
+    y: str
+    epsilon: float
+    training: bool
+    training_reason: str
+    spatial: bool
+
+    @property
+    def inference(self) -> bool:
+        return not self.training
+
+    def params_constant(self) -> bool:
+        graph = self.node.graph
+        return all(graph.is_constant(name) for name in (self.scale, self.bias, self.mean, self.var))
+
+    def params(self) -> dict[str, np.ndarray] | None:
+        """scale, bias, mean, var as float64 arrays, or None when any of them is not a constant."""
+        graph = self.node.graph
+        values = {}
+        for key in ("scale", "bias", "mean", "var"):
+            array = graph.constant(getattr(self, key))
+            if array is None:
+                return None
+            values[key] = np.asarray(array, dtype=np.float64)
+        return values
+
+
+def batchnorm(node: Node) -> BatchNorm | None:
+    """The normalized view of a BatchNormalization node, or None for any other node."""
+    if not node.is_op(*BN_OPS):
+        return None
+    opset = node.opset
+    extra_outputs = [name for name in node.outputs[1:] if name]
+    if opset >= 14:
+        training = bool(node.attr("training_mode", 0))
+        reason = "training_mode=1" if training else ""
+        if not training and extra_outputs:
+            training, reason = True, "running mean/variance outputs are present"
+    elif opset >= 7:
+        training = bool(extra_outputs)
+        reason = "running mean/variance outputs are present" if training else ""
+    else:
+        training = not bool(node.attr("is_test", 0))
+        reason = "is_test=0" if training else ""
+    spatial = bool(node.attr("spatial", 1)) if opset < 9 else True
+    return BatchNorm(
+        node=node,
+        x=node.input(0),
+        scale=node.input(1),
+        bias=node.input(2),
+        mean=node.input(3),
+        var=node.input(4),
+        y=node.output(0),
+        epsilon=float(node.attr("epsilon", 1e-5)),
+        training=training,
+        training_reason=reason,
+        spatial=spatial,
+    )
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """A Dropout node's meaning: whether it is a no-op at inference, and why (or why unknown)."""
+
+    node: Node
+    noop: bool
+    reason: str
+    mask_used: bool
+
+
+def dropout(node: Node) -> Dropout | None:
+    """The normalized view of a Dropout node, or None for any other node."""
+    if not node.is_op("Dropout"):
+        return None
+    graph = node.graph
+    mask = node.output(1)
+    mask_used = bool(mask) and graph.use_count(mask) > 0
+    opset = node.opset
+    if opset < 7:
+        if node.attr("is_test", 0):
+            return Dropout(node, True, "is_test=1", mask_used)
+        if float(node.attr("ratio", 0.5)) == 0.0:
+            return Dropout(node, True, "ratio=0", mask_used)
+        return Dropout(node, False, "is_test=0 (training)", mask_used)
+    if opset < 12:
+        return Dropout(node, True, f"opset {opset} Dropout is the identity at inference", mask_used)
+    training_name = node.input(2)
+    ratio = _scalar(graph, node.input(1), default=0.5)
+    if not training_name:
+        return Dropout(node, True, "training_mode is absent (inference)", mask_used)
+    training = _scalar(graph, training_name, default=None)
+    if training is None:
+        if ratio == 0.0:
+            return Dropout(node, True, "ratio=0", mask_used)
+        return Dropout(node, False, "training_mode is computed at run time", mask_used)
+    if not training:
+        return Dropout(node, True, "training_mode=false", mask_used)
+    if ratio == 0.0:
+        return Dropout(node, True, "ratio=0", mask_used)
+    return Dropout(node, False, "training_mode=true", mask_used)
+
+
+def _scalar(graph, name: str, default):
+    """A constant scalar input's value; `default` when the input is absent, None when not constant."""
+    if not name:
+        return default
+    value = graph.constant(name)
+    if value is None or value.size != 1:
+        return None
+    return value.reshape(-1)[0].item()
