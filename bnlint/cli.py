@@ -20,12 +20,30 @@ SEVERITIES = ("info", "warning", "error")
 
 
 class DefaultCommandGroup(click.Group):
-    """`bnlint model.onnx` means `bnlint check model.onnx`, as `ruff path` once meant `ruff check path`."""
+    """`bnlint model.onnx` means `bnlint check model.onnx`, as `ruff path` once meant `ruff check path`.
+
+    Commands with heavy dependencies live in their own modules and are imported only when invoked, so
+    `bnlint check` never imports onnxruntime or torch.
+    """
 
     default_command = "check"
+    lazy_commands = {
+        "fix": "bnlint.cli_fix:fix",
+        "verify": "bnlint.cli_fix:verify",
+    }
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy_commands and name not in self.commands:
+            module_name, attr = self.lazy_commands[name].split(":")
+            module = __import__(module_name, fromlist=[attr])
+            self.add_command(getattr(module, attr), name)
+        return super().get_command(ctx, name)
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+        if args and args[0] not in self.list_commands(ctx) and args[0] not in ("--help", "-h", "--version"):
             args = [self.default_command, *args]
         elif not args:
             args = ["--help"]

@@ -44,20 +44,37 @@ class LintResult:
     models: int = 0
 
 
+@dataclass(frozen=True)
+class TargetResult:
+    """The outcome for one target: its findings, or the reason it could not be read."""
+
+    target: str
+    shown: str
+    findings: tuple[Finding, ...] = ()
+    error: str | None = None
+
+
+def lint_target(target: str, options: LintOptions) -> TargetResult:
+    """Load and lint one target; a load error is returned, not raised, so other files still run."""
+    shown = display_path(target)
+    try:
+        model = load_target(target)
+    except LoadError as exc:
+        return TargetResult(target, shown, error=exc.problem)
+    findings = lint_model(model, codes=options.codes_for(target),
+                          severity_overrides=options.config.severity_overrides(), display_path=shown)
+    return TargetResult(target, shown, findings=tuple(findings))
+
+
 def run_lint(targets: list[str], options: LintOptions, progress: Callable[[str], None] | None = None) -> LintResult:
     result = LintResult()
-    for target in expand_targets(targets):
-        shown = display_path(target)
-        try:
-            model = load_target(target)
-        except LoadError as exc:
-            result.errors.append((shown, exc.problem))
+    for outcome in map(lambda t: lint_target(t, options), expand_targets(targets)):
+        if outcome.error is not None:
+            result.errors.append((outcome.shown, outcome.error))
             continue
         result.models += 1
-        findings = lint_model(model, codes=options.codes_for(target),
-                              severity_overrides=options.config.severity_overrides(), display_path=shown)
         if progress:
-            progress(f"{shown}: {len(findings)} finding(s)")
-        result.findings.extend(findings)
+            progress(f"{outcome.shown}: {len(outcome.findings)} finding(s)")
+        result.findings.extend(outcome.findings)
     result.findings = sort_findings(result.findings)
     return result
