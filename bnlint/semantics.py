@@ -112,11 +112,11 @@ def dropout(node: Node) -> Dropout | None:
             return Dropout(node, True, "ratio=0", mask_used)
         return Dropout(node, False, "is_test=0 (training)", mask_used)
     if opset < 12:
-        return Dropout(node, True, f"opset {opset} Dropout is the identity at inference", mask_used)
+        return Dropout(node, True, f"opset {opset} Dropout has no training mode", mask_used)
     training_name = node.input(2)
     ratio = _scalar(graph, node.input(1), default=0.5)
     if not training_name:
-        return Dropout(node, True, "training_mode is absent (inference)", mask_used)
+        return Dropout(node, True, "no training_mode input", mask_used)
     training = _scalar(graph, training_name, default=None)
     if training is None:
         if ratio == 0.0:
