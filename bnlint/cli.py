@@ -137,7 +137,7 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
         with open(output_file, "w", encoding="utf-8") as handle:
             handle.write(text)
     else:
-        click.echo(text, nl=False)
+        click.echo(text, nl=False, color=colored)
     if verbose:
         log(f"checked {result.models} model(s) in {time.perf_counter() - started:.3f}s")
     log(summary_line(result.findings, result.models, len(result.errors)), quiet=quiet)

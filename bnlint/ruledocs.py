@@ -47,7 +47,8 @@ class Citation:
 
     @property
     def short_authors(self) -> str:
-        surnames = [a.split()[-1] if " " in a else a for a in self.authors]
+        # a person's surname; an organisation ("ONNX contributors") keeps its full name
+        surnames = [a.split()[-1] if " " in a and a.split()[-1][:1].isupper() else a for a in self.authors]
         if len(surnames) == 1:
             return surnames[0]
         if len(surnames) == 2:
