@@ -38,16 +38,17 @@ def lint_model(
     selected = sorted(checks) if codes is None else sorted(set(codes) & set(checks))
     overrides = dict(severity_overrides or {})
     shown_path = display_path or model.info.path
+    citations = {code: docs[code].citation_refs() for code in selected}
     findings = []
     for graph in model.all_graphs():
         for code in selected:
             doc = docs[code]
             for hit in checks[code](graph):
-                findings.append(_finding(code, doc, hit, overrides, shown_path))
+                findings.append(_finding(code, doc, hit, overrides, shown_path, citations[code]))
     return sort_findings(findings)
 
 
-def _finding(code, doc, hit: Hit, overrides, shown_path) -> Finding:
+def _finding(code, doc, hit: Hit, overrides, shown_path, citations) -> Finding:
     severity = overrides.get(code) or hit.severity or doc.severity
     return Finding(
         code=code,
@@ -58,5 +59,5 @@ def _finding(code, doc, hit: Hit, overrides, shown_path) -> Finding:
         related=tuple(n.label for n in hit.related),
         fixable=doc.fix_available,
         tags=doc.tags,
-        citations=doc.citation_refs(),
+        citations=citations,
     )

@@ -47,19 +47,25 @@ class ModelInfo:
 
 
 class Node:
-    """One node: op type, name, input/output names, attributes on demand, and its graph."""
+    """One node: op type, name, input/output names, attributes on demand, and its graph.
+
+    Nodes are created lazily by their graph (most rules look at a few op types only), from name tuples the
+    graph already extracted, so creating one never touches protobuf again.
+    """
 
     __slots__ = ("graph", "index", "proto", "op_type", "domain", "name", "inputs", "outputs", "__dict__")
 
-    def __init__(self, graph: Graph, index: int, proto: onnx.NodeProto):
+    def __init__(self, graph: Graph, index: int, proto: onnx.NodeProto, op_type: str | None = None,
+                 inputs: tuple[str, ...] | None = None, outputs: tuple[str, ...] | None = None,
+                 domain: str | None = None):
         self.graph = graph
         self.index = index
         self.proto = proto
-        self.op_type = proto.op_type
-        self.domain = proto.domain
+        self.op_type = proto.op_type if op_type is None else op_type
+        self.domain = proto.domain if domain is None else domain
         self.name = proto.name
-        self.inputs = tuple(proto.input)
-        self.outputs = tuple(proto.output)
+        self.inputs = tuple(proto.input) if inputs is None else inputs
+        self.outputs = tuple(proto.output) if outputs is None else outputs
 
     def __repr__(self) -> str:
         return f"Node({self.op_type} {self.label!r} in {self.graph.path})"
@@ -110,8 +116,16 @@ class Node:
         return self.graph.model.provenance.get(self.name) if self.name else None
 
 
+# Standard ops that carry subgraphs; nodes of other domains are checked for graph attributes too.
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 class Graph:
-    """A graph (main, subgraph or function body) with lazy lookups; parent scopes for outer names."""
+    """A graph (main, subgraph or function body) with lazy lookups; parent scopes for outer names.
+
+    Building the view costs one pass over the node protos (op types, input and output names as tuples);
+    producer/consumer maps, Node objects, initializer and value_info tables are built on first use.
+    """
 
     def __init__(
         self,
@@ -133,9 +147,10 @@ class Graph:
         self.input_names = inputs
         self.output_names = frozenset(outputs)
         self.output_order = outputs
-        self._initializers = {t.name: t for t in initializers}
-        self._value_info = {v.name: v for v in value_info}
-        self.nodes = [Node(self, i, proto) for i, proto in enumerate(nodes)]
+        self._protos = list(nodes)
+        self._initializer_protos = initializers
+        self._value_info_protos = value_info
+        self._node_cache: list[Node | None] = [None] * len(self._protos)
 
     @classmethod
     def from_graph_proto(cls, model: ModelInfo, proto: onnx.GraphProto, *, path: str, parent=None) -> Graph:
@@ -146,12 +161,66 @@ class Graph:
             inputs=tuple(v.name for v in proto.input),
             outputs=tuple(v.name for v in proto.output),
             initializers=proto.initializer,
-            value_info=[*proto.input, *proto.output, *proto.value_info],
+            value_info=(proto.input, proto.output, proto.value_info),
             parent=parent,
         )
 
     def __repr__(self) -> str:
-        return f"Graph({self.path}, {len(self.nodes)} nodes)"
+        return f"Graph({self.path}, {len(self._protos)} nodes)"
+
+    # -- node tables -------------------------------------------------------------------------------
+    @cached_property
+    def _op_types(self) -> list[str]:
+        return [proto.op_type for proto in self._protos]
+
+    @cached_property
+    def _domains(self) -> list[str]:
+        return [proto.domain for proto in self._protos]
+
+    @cached_property
+    def _inputs(self) -> list[tuple[str, ...]]:
+        return [tuple(proto.input) for proto in self._protos]
+
+    @cached_property
+    def _outputs(self) -> list[tuple[str, ...]]:
+        return [tuple(proto.output) for proto in self._protos]
+
+    @cached_property
+    def _op_index(self) -> dict[str, list[int]]:
+        index: dict[str, list[int]] = {}
+        for i, op_type in enumerate(self._op_types):
+            bucket = index.get(op_type)
+            if bucket is None:
+                index[op_type] = [i]
+            else:
+                bucket.append(i)
+        return index
+
+    def node_at(self, index: int) -> Node:
+        node = self._node_cache[index]
+        if node is None:
+            node = Node(self, index, self._protos[index], self._op_types[index], self._inputs[index],
+                        self._outputs[index], self._domains[index])
+            self._node_cache[index] = node
+        return node
+
+    def __len__(self) -> int:
+        return len(self._protos)
+
+    @cached_property
+    def nodes(self) -> list[Node]:
+        """Every node in graph order (creates all Node objects: prefer nodes_of in rules)."""
+        return [self.node_at(i) for i in range(len(self._protos))]
+
+    def nodes_of(self, *op_types: str) -> list[Node]:
+        """Standard-domain nodes of the given op types, in graph order."""
+        index = self._op_index
+        if len(op_types) == 1:
+            positions = index.get(op_types[0], ())
+        else:
+            positions = sorted(i for op in op_types for i in index.get(op, ()))
+        nodes = (self.node_at(i) for i in positions)
+        return [node for node in nodes if node.domain in ONNX_DOMAINS]
 
     # -- scopes and opsets -------------------------------------------------------------------------
     def opset(self, domain: str) -> int:
@@ -168,54 +237,89 @@ class Graph:
 
     # -- producers and consumers -------------------------------------------------------------------
     @cached_property
-    def _producers(self) -> dict[str, Node]:
-        return {name: node for node in self.nodes for name in node.outputs if name}
+    def _producers(self) -> dict[str, int]:
+        return {name: i for i, names in enumerate(self._outputs) for name in names if name}
 
     @cached_property
-    def _consumers(self) -> dict[str, list[Node]]:
-        consumers: dict[str, list[Node]] = {}
-        for node in self.nodes:
-            for name in node.inputs:
-                if name:
-                    consumers.setdefault(name, []).append(node)
-            for name in self.subgraph_outer_names(node):
-                consumers.setdefault(name, []).append(node)
+    def _consumers(self) -> dict[str, list[int]]:
+        consumers: dict[str, list[int]] = {}
+        get = consumers.get
+        for i, names in enumerate(self._inputs):
+            for name in names:
+                readers = get(name)
+                if readers is None:
+                    consumers[name] = [i]
+                else:
+                    readers.append(i)
+        for name, readers in consumers.items():
+            if len(readers) > 1 and len(set(readers)) != len(readers):  # Mul(x, x) reads x once
+                consumers[name] = sorted(set(readers))
+        for i in self._subgraph_owners:
+            for name in _node_free_names(self._protos[i]):
+                readers = consumers.setdefault(name, [])
+                if i not in readers:
+                    readers.append(i)
+                    readers.sort()
+        consumers.pop("", None)
         return consumers
+
+    @cached_property
+    def _subgraph_owners(self) -> list[int]:
+        """Indices of nodes that carry subgraphs (control flow, or custom ops with graph attributes)."""
+        owners = []
+        for i, (op_type, domain) in enumerate(zip(self._op_types, self._domains)):
+            if (op_type in SUBGRAPH_OPS and domain in ONNX_DOMAINS) or domain not in ONNX_DOMAINS:
+                if any(_attribute_graphs(a) for a in self._protos[i].attribute):
+                    owners.append(i)
+        return owners
 
     def producer(self, name: str) -> Node | None:
         """The node whose output `name` is, searching enclosing graphs for outer-scope names."""
         if not name:
             return None
         for graph in self.scopes():
-            node = graph._producers.get(name)
-            if node is not None:
-                return node
+            index = graph._producers.get(name)
+            if index is not None:
+                return graph.node_at(index)
             if graph.defines_locally(name):
                 return None
         return None
 
     def consumers(self, name: str) -> list[Node]:
         """Nodes of this graph that read `name` (a node whose subgraph reads it counts as a reader)."""
-        return self._consumers.get(name, [])
+        return [self.node_at(i) for i in self._consumers.get(name, ())]
+
+    def consumer_count(self, name: str) -> int:
+        return len(self._consumers.get(name, ()))
 
     def is_graph_output(self, name: str) -> bool:
         return name in self.output_names
 
     def use_count(self, name: str) -> int:
         """Readers of a value, counting a graph output as one more reader."""
-        return len(self.consumers(name)) + (1 if self.is_graph_output(name) else 0)
+        return self.consumer_count(name) + (1 if self.is_graph_output(name) else 0)
 
     def defines_locally(self, name: str) -> bool:
         return name in self._producers or name in self._initializers or name in self.input_names
 
     # -- constants ---------------------------------------------------------------------------------
+    @cached_property
+    def _initializers(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self._initializer_protos}
+
+    @cached_property
+    def _value_info(self) -> dict[str, onnx.ValueInfoProto]:
+        return {v.name: v for group in self._value_info_protos for v in group}
+
     def initializer(self, name: str) -> onnx.TensorProto | None:
-        for graph in self.scopes():
+        graph = self
+        while graph is not None:
             tensor = graph._initializers.get(name)
             if tensor is not None:
                 return tensor
-            if name in graph._producers or name in graph.input_names:
+            if graph.parent is None or name in graph._producers or name in graph.input_names:
                 return None
+            graph = graph.parent
         return None
 
     def is_constant(self, name: str) -> bool:
@@ -231,14 +335,14 @@ class Graph:
         if node.is_op("Constant"):
             return True
         if node.is_op("ConstantOfShape"):
-            return self.is_constant(node.input(0))
+            return node.graph.is_constant(node.input(0))
         return False
 
     def constant(self, name: str) -> np.ndarray | None:
         """A constant's values (read on demand, external data included), or None when not constant."""
         tensor = self.initializer(name)
         if tensor is not None:
-            return to_array(tensor, self.model.path, self.model.base_dir)
+            return tensor_values(tensor, self.model)
         node = self.producer(name)
         if node is None:
             return None
@@ -249,7 +353,7 @@ class Graph:
             if shape is None:
                 return None
             value = node.attr("value")
-            fill = to_array(value, self.model.path, self.model.base_dir) if value is not None else np.zeros(1, np.float32)
+            fill = tensor_values(value, self.model) if value is not None else np.zeros(1, np.float32)
             return np.full(tuple(int(d) for d in shape.reshape(-1)), fill.reshape(-1)[0], dtype=fill.dtype)
         return None
 
@@ -273,16 +377,13 @@ class Graph:
     # -- subgraphs ---------------------------------------------------------------------------------
     def subgraph_outer_names(self, node: Node) -> set[str]:
         """Names a node's subgraphs read from outside themselves (their implicit inputs)."""
-        names: set[str] = set()
-        for attribute in node.proto.attribute:
-            for sub in _attribute_graphs(attribute):
-                names |= _free_names(sub)
-        return names
+        return _node_free_names(node.proto)
 
     @cached_property
     def subgraphs(self) -> list[Graph]:
         children = []
-        for node in self.nodes:
+        for i in self._subgraph_owners:
+            node = self.node_at(i)
             for attribute in node.proto.attribute:
                 subs = _attribute_graphs(attribute)
                 for k, sub in enumerate(subs):
@@ -299,6 +400,37 @@ class Graph:
             graph = stack.pop()
             yield graph
             stack.extend(reversed(graph.subgraphs))
+
+
+_FAST_DTYPES = {
+    onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.DOUBLE: np.dtype("<f8"),
+    onnx.TensorProto.FLOAT16: np.dtype("<f2"), onnx.TensorProto.INT64: np.dtype("<i8"),
+    onnx.TensorProto.INT32: np.dtype("<i4"),
+}
+
+
+def tensor_values(tensor: onnx.TensorProto, model: ModelInfo) -> np.ndarray:
+    """A tensor's values, read-only: raw little-endian data straight from the buffer, anything else
+    (typed fields, external data, exotic types) via tensors.to_array."""
+    dtype = _FAST_DTYPES.get(tensor.data_type)
+    if dtype is not None and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        raw = tensor.raw_data
+        if raw:
+            dims = tuple(tensor.dims)
+            count = 1
+            for dim in dims:
+                count *= dim
+            if len(raw) == count * dtype.itemsize:
+                return np.frombuffer(raw, dtype=dtype).reshape(dims)
+    return to_array(tensor, model.path, model.base_dir)
+
+
+def _node_free_names(proto: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attribute in proto.attribute:
+        for sub in _attribute_graphs(attribute):
+            names |= _free_names(sub)
+    return names
 
 
 def _attribute_graphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
@@ -330,7 +462,7 @@ def constant_node_value(node: Node) -> np.ndarray | None:
         if attribute is None or attribute.ref_attr_name:
             continue
         if key == "value":
-            return to_array(attribute.t, node.graph.model.path, node.graph.model.base_dir)
+            return tensor_values(attribute.t, node.graph.model)
         value = helper.get_attribute_value(attribute)
         dtype = np.float32 if "float" in key else np.int64
         return np.asarray(value, dtype=dtype)

@@ -10,6 +10,7 @@ opset 12+ reads `ratio` and `training_mode` from inputs (absent `training_mode` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -42,8 +43,8 @@ class BatchNorm:
         graph = self.node.graph
         return all(graph.is_constant(name) for name in (self.scale, self.bias, self.mean, self.var))
 
-    def params(self) -> dict[str, np.ndarray] | None:
-        """scale, bias, mean, var as float64 arrays, or None when any of them is not a constant."""
+    @cached_property
+    def _params(self) -> dict[str, np.ndarray] | None:
         graph = self.node.graph
         values = {}
         for key in ("scale", "bias", "mean", "var"):
@@ -53,11 +54,22 @@ class BatchNorm:
             values[key] = np.asarray(array, dtype=np.float64)
         return values
 
+    def params(self) -> dict[str, np.ndarray] | None:
+        """scale, bias, mean, var as float64 arrays (read once per BN), or None when any is not constant."""
+        return self._params
+
 
 def batchnorm(node: Node) -> BatchNorm | None:
-    """The normalized view of a BatchNormalization node, or None for any other node."""
+    """The normalized view of a BatchNormalization node (computed once per node), or None."""
     if not node.is_op(*BN_OPS):
         return None
+    view = node.__dict__.get("_batchnorm")
+    if view is None:
+        view = node.__dict__["_batchnorm"] = _batchnorm(node)
+    return view
+
+
+def _batchnorm(node: Node) -> BatchNorm:
     opset = node.opset
     extra_outputs = [name for name in node.outputs[1:] if name]
     if opset >= 14:

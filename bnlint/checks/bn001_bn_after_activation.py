@@ -11,10 +11,8 @@ TRANSPARENT = op_in(SHAPE_OPS | POOL_OPS | {"Dropout"})
 
 @check("BN001")
 def bn_after_activation(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
-        if bn is None:
-            continue
         path = walk_up(graph, bn.x, TRANSPARENT)
         if path is None:
             continue

@@ -11,9 +11,7 @@ IS_WEIGHT_LAYER = op_in(WEIGHT_OPS)
 
 @check("BN002")
 def dropout_before_bn(graph: Graph):
-    for node in graph.nodes:
-        if not node.is_op("Dropout"):
-            continue
+    for node in graph.nodes_of("Dropout"):
         paths = list(walk_down(graph, node.output(0), target=IS_BN, stop=IS_WEIGHT_LAYER))
         if not paths:
             continue

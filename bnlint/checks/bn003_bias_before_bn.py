@@ -41,10 +41,8 @@ def cancelled_bias(layer: Node, bn_channels: int | None) -> str | None:
 
 @check("BN003")
 def bias_before_bn(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
-        if bn is None:
-            continue
         path = walk_up(graph, bn.x, THROUGH_IDENTITY)
         if path is None:
             continue

@@ -8,9 +8,9 @@ from bnlint.semantics import batchnorm
 
 @check("BN004")
 def unfolded_inference_bn(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
-        if bn is None or bn.training:
+        if bn.training:
             continue
         target = fold_target(bn)
         if not isinstance(target, FoldTarget):

@@ -7,8 +7,8 @@ from bnlint.semantics import dropout
 
 @check("BN005")
 def noop_dropout(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("Dropout"):
         view = dropout(node)
-        if view is None or not view.noop:
+        if not view.noop:
             continue
         yield Hit(node, f"{node.display} is the identity at inference ({view.reason}); it can be removed")

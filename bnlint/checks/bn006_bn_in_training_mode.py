@@ -7,9 +7,9 @@ from bnlint.semantics import batchnorm
 
 @check("BN006")
 def bn_in_training_mode(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
-        if bn is None or not bn.training:
+        if not bn.training:
             continue
         yield Hit(
             node,

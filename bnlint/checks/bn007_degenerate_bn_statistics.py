@@ -17,28 +17,38 @@ def _channels(mask: np.ndarray, limit: int = 8) -> str:
 
 @check("BN007")
 def degenerate_bn_statistics(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
-        if bn is None:
-            continue
-        problems = []
-        if not np.isfinite(bn.epsilon) or bn.epsilon <= 0:
-            problems.append(f"epsilon is {bn.epsilon!r} (must be > 0)")
         params = bn.params() if bn.params_constant() else None
-        if params is not None:
-            var = params["var"]
-            for key in ("scale", "bias", "mean", "var"):
-                bad = ~np.isfinite(params[key])
-                if bad.any():
-                    problems.append(f"{key} is NaN or Inf in {_channels(bad)}")
-            negative = np.isfinite(var) & (var < 0)
-            if negative.any() and not bn.training:
-                problems.append(f"running variance is negative in {_channels(negative)}")
+        problems = _problems(bn, params)
         if problems:
             yield Hit(node, f"{node.display} has degenerate statistics: " + "; ".join(problems),
                       severity=Severity.ERROR)
-        if params is not None:
+        if params is not None and (params["scale"] == 0).any():
             dead = params["scale"] == 0
-            if dead.any():
-                yield Hit(node, f"{node.display} has scale exactly 0 in {_channels(dead)}: those output "
-                                "channels are the constant bias (dead channels)", severity=Severity.WARNING)
+            yield Hit(node, f"{node.display} has scale exactly 0 in {_channels(dead)}: those output channels "
+                            "are the constant bias (dead channels)", severity=Severity.WARNING)
+
+
+def _problems(bn, params) -> list[str]:
+    problems = []
+    if not np.isfinite(bn.epsilon) or bn.epsilon <= 0:
+        problems.append(f"epsilon is {bn.epsilon!r} (must be > 0)")
+    if params is None or _healthy(params):
+        return problems
+    for key in ("scale", "bias", "mean", "var"):
+        bad = ~np.isfinite(params[key])
+        if bad.any():
+            problems.append(f"{key} is NaN or Inf in {_channels(bad)}")
+    var = params["var"]
+    negative = np.isfinite(var) & (var < 0)
+    if negative.any() and not bn.training:
+        problems.append(f"running variance is negative in {_channels(negative)}")
+    return problems
+
+
+def _healthy(params) -> bool:
+    """The common case in one vectorised test: everything finite and no negative variance."""
+    stacked = np.concatenate([params["scale"].ravel(), params["bias"].ravel(), params["mean"].ravel(),
+                              params["var"].ravel()])
+    return bool(np.isfinite(stacked).all()) and bool((params["var"] >= 0).all())

@@ -10,10 +10,8 @@ THROUGH_IDENTITY = op_in({"Identity"})
 
 @check("BN008")
 def consecutive_bn(graph: Graph):
-    for node in graph.nodes:
+    for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
-        if bn is None:
-            continue
         path = walk_up(graph, bn.x, THROUGH_IDENTITY)
         if path is None or batchnorm(path.end) is None:
             continue

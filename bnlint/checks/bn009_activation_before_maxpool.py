@@ -21,9 +21,7 @@ def monotone_increasing(node: Node) -> str | None:
 
 @check("BN009")
 def activation_before_maxpool(graph: Graph):
-    for node in graph.nodes:
-        if not node.is_op("Relu", "BatchNormalization"):
-            continue
+    for node in graph.nodes_of("Relu", "BatchNormalization"):
         pool = single_consumer(graph, node.output(0))
         if pool is None or not pool.is_op("MaxPool"):
             continue
