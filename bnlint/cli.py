@@ -17,6 +17,7 @@ from bnlint.errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, BnlintError, Co
 from bnlint.findings import Severity
 
 SEVERITIES = ("info", "warning", "error")
+OUTPUT_FORMATS = ("full", "concise", "json", "json-lines", "sarif", "github", "gitlab", "junit", "markdown")
 
 
 class DefaultCommandGroup(click.Group):
@@ -90,13 +91,32 @@ def selection_options(function):
     return function
 
 
+def torch_input_options(function):
+    """Options of PyTorch targets (`model.py:build`, TorchScript, .pt2), shared by `check` and `fix`."""
+    for decorator in reversed([
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="DIMS",
+                     help="PyTorch targets: example input shape, e.g. 1,3,224,224 (repeat for several inputs)."),
+        click.option("--input-dtype", "input_dtypes", multiple=True, metavar="DTYPE",
+                     help="PyTorch targets: dtype of the --input-shape inputs (one for all, or one per input) "
+                          "[default: float32]."),
+        click.option("--source-root", type=click.Path(file_okay=False), default=None,
+                     help="Show Python source paths relative to this folder [default: current directory]."),
+        click.option("--trust", is_flag=True,
+                     help="Load TorchScript and .pt2 archives, which run code from the file. Only for files you "
+                          "trust."),
+    ]):
+        function = decorator(function)
+    return function
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @selection_options
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default=None,
               help="Lowest severity that makes the exit code 1 [default: warning].")
-@click.option("--format", "output_format", type=click.Choice(["full", "concise", "json"]), default=None,
-              envvar="BNLINT_OUTPUT_FORMAT", help="Output format [default: full].")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None,
+              envvar="BNLINT_OUTPUT_FORMAT",
+              help="Output format [default: $BNLINT_OUTPUT_FORMAT, else output-format from config, else full].")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write findings to this file instead of stdout.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
@@ -105,13 +125,40 @@ def selection_options(function):
 @click.option("-v", "--verbose", is_flag=True, help="Log each model and its timing to stderr.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colour the output (auto honours NO_COLOR and terminals).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Lint this many models in parallel [default: number of CPUs].")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), default=None,
+              help="Hide findings recorded in this baseline file; only new ones count toward the exit code.")
+@click.option("--write-baseline", "write_baseline_path", type=click.Path(dir_okay=False), default=None,
+              help="Record every current finding in this baseline file and exit 0.")
+@click.option("--prune-baseline", is_flag=True, help="With --baseline: remove stale entries from the baseline file.")
+@torch_input_options
+@click.option("--max-model-size", metavar="SIZE", default=None,
+              help="Refuse ONNX files larger than SIZE, e.g. 2GiB [default: max-model-size from config, else 16GiB].")
 def check(paths, select, extend_select, ignore, config_path, fail_on, output_format, output_file, exit_zero,
-          statistics, quiet, verbose, color):
+          statistics, quiet, verbose, color, jobs, baseline_path, write_baseline_path, prune_baseline,
+          input_shapes, input_dtypes, source_root, trust, max_model_size):
     """Lint ONNX models (files or folders of *.onnx) and PyTorch models."""
-    from bnlint.lint import LintOptions, run_lint
-    from bnlint.report import render, render_statistics, summary_line
-    from bnlint.selection import split_codes
+    from contextlib import nullcontext
+    from dataclasses import replace
 
+    from bnlint.baseline import Baseline, write_text_atomic
+    from bnlint.fingerprints import project_root
+    from bnlint.config import parse_size
+    from bnlint.lint import LintOptions, run_lint
+    from bnlint.onnx_loader import model_size_limit
+    from bnlint.parallel import default_jobs
+    from bnlint.progress import ProgressBar, wants_progress
+    from bnlint.report import render, render_statistics, summary_line
+    from bnlint.report.text import render_full
+    from bnlint.selection import split_codes
+    from bnlint.sources import display_path
+    from bnlint.torch_frontend.options import TorchOptions
+
+    if write_baseline_path and baseline_path:
+        fail("--write-baseline replaces a baseline; do not combine it with --baseline")
+    if prune_baseline and not baseline_path:
+        fail("--prune-baseline needs --baseline FILE")
     try:
         options = LintOptions.from_cli(
             config_path=config_path,
@@ -119,31 +166,84 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
             extend_select=split_codes(extend_select),
             ignore=split_codes(ignore),
             fail_on=Severity(fail_on) if fail_on else None,
+            torch_options=TorchOptions.from_cli(input_shapes=input_shapes, input_dtypes=input_dtypes, trust=trust,
+                                                source_root=source_root),
         )
+        fmt = output_format or options.config.output_format or "full"
+        if fmt not in OUTPUT_FORMATS:
+            raise ConfigError(f"{options.config.source}: output-format {fmt!r} is not one of "
+                              f"{', '.join(OUTPUT_FORMATS)}")
+        if fmt == "markdown":
+            options = replace(options, pictures=True)
+        baseline = Baseline.load(baseline_path) if baseline_path else None
+        root = project_root(options.config.source)
         started = time.perf_counter()
-        result = run_lint(list(paths), options, progress=(lambda m: log(m)) if verbose else None)
+        bar = ProgressBar(sys.stderr) if wants_progress(sys.stderr, quiet=quiet) else None
+        try:
+            size_limit = parse_size(max_model_size) if max_model_size else options.config.max_model_size
+        except ValueError as exc:
+            raise ConfigError(f"--max-model-size: {exc}") from None
+        with bar or nullcontext(), model_size_limit(size_limit):
+            say = bar.log if bar else log
+            result = run_lint(list(paths), options, progress=say if verbose else None,
+                              jobs=jobs or default_jobs(), observer=bar)
     except BnlintError as exc:
         fail(str(exc))
     for path, message in result.errors:
         click.echo(f"bnlint: error: {path}: {message}", err=True)
-    fmt = output_format or "full"
+    for entry in result.unused_ignores:
+        log(f"bnlint: warning: unused {entry.describe()} in {display_path(str(options.config.source))}: "
+            "it suppressed no finding", quiet=quiet)
+    if write_baseline_path:
+        if result.errors:
+            fail(f"baseline not written: {len(result.errors)} file(s) could not be read")
+        try:
+            Baseline.from_findings(result.findings, root).write(write_baseline_path)
+        except BnlintError as exc:
+            fail(str(exc))
+        log(f"Wrote {len(result.findings)} finding(s) from {result.models} model(s) to {write_baseline_path}.")
+        sys.exit(EXIT_CLEAN)
+    findings = result.findings
+    if baseline is not None:
+        match = baseline.match(findings, root, checked_files=result.checked, active_codes=options.rule_codes())
+        findings = match.new
     stream_is_file = output_file is not None
-    colored = use_color(color, sys.stdout) and not stream_is_file and fmt != "json"
-    if statistics and fmt != "json":
-        text = render_statistics(result.findings)
+    colored = use_color(color, sys.stdout) and not stream_is_file and fmt in ("full", "concise")
+    if statistics and fmt in ("full", "concise"):
+        text = render_statistics(findings)
+    elif fmt == "full":
+        text = render_full(findings, color=colored, source_root=options.torch.root)
     else:
-        text = render(fmt, result.findings, result.errors, color=colored, files=result.models)
+        text = render(fmt, findings, result.errors, color=colored, files=result.models, root=root,
+                      checked=result.checked, pictures=result.pictures, source_root=options.torch.root)
     if output_file:
-        with open(output_file, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            write_text_atomic(output_file, text)
+        except BnlintError as exc:
+            fail(str(exc))
     else:
         click.echo(text, nl=False, color=colored)
     if verbose:
         log(f"checked {result.models} model(s) in {time.perf_counter() - started:.3f}s")
-    log(summary_line(result.findings, result.models, len(result.errors)), quiet=quiet)
+    log(summary_line(findings, result.models, len(result.errors)), quiet=quiet)
+    if baseline is not None:
+        stale = sum(entry.count for entry in match.stale)
+        note = f"{match.suppressed} suppressed by baseline, {stale} stale."
+        if prune_baseline and stale:
+            try:
+                baseline.without(match.stale).write(baseline_path)
+            except BnlintError as exc:
+                fail(str(exc))
+            note += f" Pruned {stale} stale entr{'y' if stale == 1 else 'ies'} from {baseline_path}."
+        elif stale:
+            note += " Remove them with --prune-baseline."
+        log(note, quiet=quiet)
+        if verbose:
+            for entry in match.stale:
+                log(f"  stale: {entry.file} {entry.code} {entry.node} (x{entry.count})")
     if result.errors:
         sys.exit(EXIT_ERROR)
-    failing = [f for f in result.findings if f.severity.rank >= options.config.fail_on.rank]
+    failing = [f for f in findings if f.severity.rank >= options.config.fail_on.rank]
     sys.exit(EXIT_FINDINGS if failing and not exit_zero else EXIT_CLEAN)
 
 

@@ -18,7 +18,8 @@ except ModuleNotFoundError:  # Python 3.10
 from bnlint.errors import ConfigError
 from bnlint.findings import Severity
 
-KNOWN_KEYS = {"select", "extend-select", "ignore", "fail-on", "per-file-ignores", "severity"}
+KNOWN_KEYS = {"select", "extend-select", "ignore", "fail-on", "per-file-ignores", "severity", "exclude",
+              "force-exclude", "per-node-ignores", "output-format", "max-model-size"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class Config:
     fail_on: Severity = Severity.WARNING
     per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     severity: tuple[tuple[str, Severity], ...] = ()
+    per_node_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    exclude: tuple[str, ...] = ()
+    force_exclude: bool = False
+    output_format: str | None = None
+    max_model_size: int | None = None  # bytes; None = bnlint.onnx_loader.DEFAULT_MAX_MODEL_SIZE
     source: Path | None = None
     root: Path = field(default_factory=Path.cwd)
 
@@ -113,12 +119,26 @@ def parse_config(table: dict, path: Path) -> Config:
                                         for code, level in table["severity"].items())
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if "per-file-ignores" in table:
-        entries = table["per-file-ignores"]
-        if not isinstance(entries, dict):
-            raise ConfigError(f"{path}: `per-file-ignores` must be a table of \"glob\" = [codes]")
-        changes["per_file_ignores"] = tuple((glob, _string_list(codes, f"per-file-ignores.{glob}", path))
-                                            for glob, codes in entries.items())
+    for key in ("per-file-ignores", "per-node-ignores"):
+        if key in table:
+            entries = table[key]
+            if not isinstance(entries, dict):
+                raise ConfigError(f"{path}: `{key}` must be a table of \"glob\" = [codes]")
+            changes[key.replace("-", "_")] = tuple((glob, _string_list(codes, f"{key}.{glob}", path))
+                                                   for glob, codes in entries.items())
+    if "exclude" in table:
+        changes["exclude"] = _string_list(table["exclude"], "exclude", path)
+    if "force-exclude" in table:
+        if not isinstance(table["force-exclude"], bool):
+            raise ConfigError(f"{path}: `force-exclude` must be true or false")
+        changes["force_exclude"] = table["force-exclude"]
+    if "output-format" in table:
+        changes["output_format"] = str(table["output-format"])
+    if "max-model-size" in table:
+        try:
+            changes["max_model_size"] = parse_size(table["max-model-size"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: max-model-size: {exc}") from None
     return replace(config, **changes)
 
 
@@ -136,3 +156,24 @@ def load_config(explicit: str | None = None, start: Path | None = None) -> Confi
     if found is None:
         return Config()
     return parse_config(found[1], found[0])
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20,
+               "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
+
+
+def parse_size(value) -> int:
+    """`16GiB`, `500MB`, `2G`, `1048576` (or an integer from TOML) -> bytes; K/M/G/T alone are binary units,
+    as in `du -h`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    text = str(value).strip().lower().replace(" ", "").replace("_", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number):]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _SIZE_UNITS or not (0 < amount < float("inf")):
+        raise ValueError(f"{value!r} is not a size (examples: 16GiB, 500MB, 1048576)")
+    return int(amount * _SIZE_UNITS[unit])

@@ -3,12 +3,15 @@
 Folding uses the inference identity BN(y) = s * y + t with s = scale / sqrt(var + eps) and
 t = bias - mean * s, per channel. For Conv and ConvTranspose the channel is the output-channel axis of the
 weight; for Gemm and MatMul over rank-2 activations it is the output-feature axis. Every refusal carries
-a reason that the fixer reports verbatim.
+a reason that the fixer reports verbatim. Numeric refusals (epsilon < 0, var + epsilon <= 0, NaN or Inf
+parameters) live here too, so lint never suggests a fold that the fixer would refuse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from bnlint.graph import Node
 from bnlint.ops import value_rank
@@ -18,12 +21,25 @@ FOLD_INTO = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
+class Affine:
+    """An inference BN as the per-channel map y = s * x + t, in float64."""
+
+    s: np.ndarray
+    t: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return int(self.s.shape[0])
+
+
+@dataclass(frozen=True)
 class FoldTarget:
     """A BN that can be folded, the weight layer it folds into, and the bias Add of MatMul+Add."""
 
     bn: BatchNorm
     layer: Node
     add: Node | None = None
+    affine: Affine | None = None
 
     @property
     def kind(self) -> str:
@@ -35,6 +51,55 @@ class Refusal:
     bn: BatchNorm
     reason: str
     layer: Node | None = None
+
+
+def inference_affine(bn: BatchNorm) -> Affine | str:
+    """BN's per-channel affine map, or the reason it cannot be computed safely."""
+    if not np.isfinite(bn.epsilon) or bn.epsilon < 0:
+        return f"epsilon is {bn.epsilon:.6g} (must be finite and >= 0)"
+    params = bn.params()
+    if params is None:
+        return "BN parameters are not constants"
+    scale, bias, mean, var = params["scale"], params["bias"], params["mean"], params["var"]
+    if scale.ndim != 1 or not scale.shape == bias.shape == mean.shape == var.shape:
+        return "BN parameters are not equal-length per-channel vectors " + \
+            ", ".join(f"{key}{list(value.shape)}" for key, value in params.items())
+    denominator = var + bn.epsilon
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = scale / np.sqrt(denominator)
+        t = bias - mean * s
+    if np.isfinite(s).all() and np.isfinite(t).all() and np.isfinite(denominator).all() and (denominator > 0).all():
+        return Affine(s, t)
+    return _affine_problem(params, denominator, s, t)
+
+
+def _affine_problem(params, denominator, s, t) -> str:
+    """Which check failed, naming the first channel (the slow path, only for refused BNs)."""
+    for key in ("scale", "bias", "mean", "var"):
+        bad = np.flatnonzero(~np.isfinite(params[key]))
+        if bad.size:
+            return f"BN {key} is NaN or Inf in channel {int(bad[0])}"
+    bad = np.flatnonzero(~(denominator > 0))
+    if bad.size:
+        return f"var + epsilon <= 0 in channel {int(bad[0])} ({denominator[bad[0]]:.3g})"
+    bad = np.flatnonzero(~(np.isfinite(s) & np.isfinite(t)))
+    return f"folded scale or shift is not finite in channel {int(bad[0])}"
+
+
+def output_channels(layer: Node) -> int | None:
+    """How many output channels (features) a weight layer has, from its weight's static shape."""
+    shape = layer.graph.shape_of(layer.input(1))
+    if not shape or not all(isinstance(d, int) for d in shape):
+        return None
+    if layer.op_type == "Conv":
+        return shape[0]
+    if layer.op_type == "ConvTranspose":
+        return shape[1] * int(layer.attr("group", 1)) if len(shape) > 1 else None
+    if layer.op_type == "Gemm":
+        return shape[0] if layer.attr("transB", 0) else shape[-1]
+    if layer.op_type == "MatMul":
+        return shape[-1]
+    return None
 
 
 def consumers_reason(node: Node, value: str) -> str | None:
@@ -88,7 +153,14 @@ def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
             known = "unknown" if activation_rank is None else str(activation_rank)
             return Refusal(bn, f"{layer.display} activation rank is {known}, not 2 (BN channel axis would not "
                                "be the MatMul output axis)", layer)
-    return FoldTarget(bn, layer, add)
+    channels = output_channels(layer)
+    bn_channels = graph.shape_of(bn.scale)
+    if channels is not None and bn_channels and isinstance(bn_channels[0], int) and bn_channels[0] != channels:
+        return Refusal(bn, f"BN has {bn_channels[0]} channels but {layer.display} has {channels} outputs", layer)
+    affine = inference_affine(bn)
+    if isinstance(affine, str):
+        return Refusal(bn, affine, layer)
+    return FoldTarget(bn, layer, add, affine)
 
 
 def _matmul_and_bias(add: Node) -> tuple[Node | None, str | None]:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from bnlint.tensors import to_array
+from bnlint.errors import LoadError
+from bnlint.onnx_loader import (check_acyclic, check_duplicate_outputs, check_subgraph_depth, checked_attribute_value,
+                                 shown)
+from bnlint.tensors import constant_of_shape, to_array
 
 ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -98,7 +100,8 @@ class Node:
         attribute = self.attrs.get(name)
         if attribute is None or attribute.ref_attr_name:
             return default
-        return helper.get_attribute_value(attribute)
+        return checked_attribute_value(self.graph.model.path, self.label, self.op_type, self.domain, self.opset,
+                                       attribute)
 
     def input(self, i: int) -> str:
         """Input i's value name, or '' when absent (optional inputs may be omitted or empty)."""
@@ -143,6 +146,8 @@ class Graph:
         self.model = model
         self.path = path
         self.parent = parent
+        self.depth = 0 if parent is None else parent.depth + 1
+        check_subgraph_depth(model.path, self.depth, path)
         self._opsets = opsets
         self.input_names = inputs
         self.output_names = frozenset(outputs)
@@ -238,7 +243,19 @@ class Graph:
     # -- producers and consumers -------------------------------------------------------------------
     @cached_property
     def _producers(self) -> dict[str, int]:
-        return {name: i for i, names in enumerate(self._outputs) for name in names if name}
+        producers = {name: i for i, names in enumerate(self._outputs) for name in names if name}
+        self._check_structure(producers)
+        return producers
+
+    def _check_structure(self, producers: dict[str, int]) -> None:
+        """Refuse what would make data-flow answers wrong: an untyped node, a value produced twice, a cycle.
+        Runs once per graph, when its data flow is first used; costs two C-level set operations per node."""
+        path = self.model.path
+        if "" in self._op_types:
+            raise LoadError(path, f"node #{self._op_types.index('')} of graph {shown(self.path)} has no op_type")
+        check_duplicate_outputs(path, self.path, self._outputs, producers)
+        implicit = {i: _node_free_names(self._protos[i]) for i in self._subgraph_owners}
+        check_acyclic(path, self.path, producers, self._inputs, self._outputs, implicit)
 
     @cached_property
     def _consumers(self) -> dict[str, list[int]]:
@@ -353,8 +370,8 @@ class Graph:
             if shape is None:
                 return None
             value = node.attr("value")
-            fill = tensor_values(value, self.model) if value is not None else np.zeros(1, np.float32)
-            return np.full(tuple(int(d) for d in shape.reshape(-1)), fill.reshape(-1)[0], dtype=fill.dtype)
+            fill = tensor_values(value, self.model) if value is not None else None
+            return constant_of_shape(self.model.path, node.label, shape, fill)
         return None
 
     def shape_of(self, name: str) -> tuple | None:
@@ -420,7 +437,7 @@ def tensor_values(tensor: onnx.TensorProto, model: ModelInfo) -> np.ndarray:
             count = 1
             for dim in dims:
                 count *= dim
-            if len(raw) == count * dtype.itemsize:
+            if len(raw) == count * dtype.itemsize and all(dim >= 0 for dim in dims):
                 return np.frombuffer(raw, dtype=dtype).reshape(dims)
     return to_array(tensor, model.path, model.base_dir)
 
@@ -461,9 +478,9 @@ def constant_node_value(node: Node) -> np.ndarray | None:
         attribute = node.attrs.get(key)
         if attribute is None or attribute.ref_attr_name:
             continue
+        value = node.attr(key)  # type-checked against the Constant schema
         if key == "value":
-            return tensor_values(attribute.t, node.graph.model)
-        value = helper.get_attribute_value(attribute)
+            return tensor_values(value, node.graph.model)
         dtype = np.float32 if "float" in key else np.int64
         return np.asarray(value, dtype=dtype)
     return None
@@ -481,6 +498,15 @@ class Model:
         yield from self.main.walk_graphs()
         for function in self.functions:
             yield from function.walk_graphs()
+
+
+def model_info(proto: onnx.ModelProto, path: str) -> ModelInfo:
+    """The file facts build_model records, without building any graph (the fixer builds its own views)."""
+    opsets = {op.domain: op.version for op in proto.opset_import}
+    if proto.ir_version < 3 and "" not in opsets and "ai.onnx" not in opsets:
+        opsets[""] = 1
+    return ModelInfo(path=str(path), base_dir=Path(path).parent, ir_version=proto.ir_version, opsets=opsets,
+                     proto=proto)
 
 
 def build_model(proto: onnx.ModelProto, path: str, *, provenance: dict[str, Provenance] | None = None) -> Model:

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
 
 from bnlint.config import Config, load_config
 from bnlint.engine import lint_model
-from bnlint.errors import LoadError
+from bnlint.errors import BnlintError, LoadError
 from bnlint.findings import Finding, Severity, sort_findings
-from bnlint.registry import all_checks
+from bnlint.ignores import ConfigIgnores, IgnoreEntry
+from bnlint.registry import known_codes
 from bnlint.selection import Selection, expand
+from bnlint.parallel import ordered_map
+from bnlint.pictures import pictures_for
 from bnlint.sources import display_path, expand_targets, load_target
+from bnlint.suppression import apply_source_suppressions
+from bnlint.torch_frontend.folded import exporter_folded_findings
+from bnlint.torch_frontend.options import TorchOptions
 
 
 @dataclass(frozen=True)
 class LintOptions:
     config: Config
+    pictures: bool = False  # cut a Mermaid picture of each finding's subgraph (Markdown output)
+    torch: TorchOptions = field(default_factory=TorchOptions)  # inputs, --trust, --source-root
 
     @classmethod
-    def from_cli(cls, *, config_path=None, select=None, extend_select=(), ignore=(), fail_on: Severity | None = None):
+    def from_cli(cls, *, config_path=None, select=None, extend_select=(), ignore=(), fail_on: Severity | None = None,
+                 torch_options: TorchOptions | None = None):
         config = load_config(config_path)
         config = config.override(
             select=tuple(select) if select else None,
@@ -27,14 +38,22 @@ class LintOptions:
             ignore=config.ignore + tuple(ignore),
             fail_on=fail_on,
         )
-        options = cls(config)
+        options = cls(config, torch=torch_options or TorchOptions())
         options.codes_for("")  # validate selectors early: a typo is a usage error, not a silent no-op
         return options
 
     def codes_for(self, path: str) -> set[str]:
-        known = all_checks().keys()
+        known = known_codes()
         chosen = Selection(self.config.select, self.config.extend_select, self.config.ignore).codes(known)
         return chosen - expand(self.config.ignored_for(path), known) if path else chosen
+
+    def rule_codes(self) -> set[str]:
+        """The rules that run on every model (per-file/per-node ignores filter findings afterwards)."""
+        return self.codes_for("")
+
+    @cached_property
+    def ignores(self) -> ConfigIgnores:
+        return ConfigIgnores(self.config, known_codes())
 
 
 @dataclass
@@ -42,6 +61,17 @@ class LintResult:
     findings: list[Finding] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     models: int = 0
+    checked: list[str] = field(default_factory=list)  # display paths of the models read, in order
+    pictures: dict = field(default_factory=dict)  # picture_key(finding) -> Picture, with LintOptions.pictures
+    unused_ignores: list[IgnoreEntry] = field(default_factory=list)
+
+
+class LintObserver(Protocol):
+    """Told how many targets there are and when each is done (progress bars)."""
+
+    def started(self, total: int) -> None: ...
+
+    def finished(self, outcome: TargetResult) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,29 +82,71 @@ class TargetResult:
     shown: str
     findings: tuple[Finding, ...] = ()
     error: str | None = None
+    pictures: tuple = ()
+    ignores_used: frozenset[IgnoreEntry] = frozenset()
+    ignores_applied: frozenset[IgnoreEntry] = frozenset()
 
 
 def lint_target(target: str, options: LintOptions) -> TargetResult:
     """Load and lint one target; a load error is returned, not raised, so other files still run."""
     shown = display_path(target)
     try:
-        model = load_target(target)
+        model = load_target(target, options.torch)
     except LoadError as exc:
         return TargetResult(target, shown, error=exc.problem)
-    findings = lint_model(model, codes=options.codes_for(target),
+    findings = lint_model(model, codes=options.rule_codes(),
                           severity_overrides=options.config.severity_overrides(), display_path=shown)
-    return TargetResult(target, shown, findings=tuple(findings))
+    findings += exporter_folded_findings(model, codes=options.rule_codes(), display_path=shown,
+                                         severity_overrides=options.config.severity_overrides())
+    findings = apply_source_suppressions(model, findings, codes=options.rule_codes(), display_path=shown,
+                                         severity_overrides=options.config.severity_overrides(),
+                                         source_root=options.torch.root)
+    ignored = options.ignores.apply(findings, target, model)
+    findings = ignored.kept
+    pictures = pictures_for(model, findings) if options.pictures else ()
+    return TargetResult(target, shown, findings=tuple(findings), pictures=pictures,
+                        ignores_used=ignored.used, ignores_applied=ignored.applied)
 
 
-def run_lint(targets: list[str], options: LintOptions, progress: Callable[[str], None] | None = None) -> LintResult:
+def failed_target(target: str, exc: BaseException) -> TargetResult:
+    """A target whose linting raised: reported as that file's error so the other files still run."""
+    if isinstance(exc, LoadError):
+        message = exc.problem if exc.path == target else str(exc)
+    elif isinstance(exc, BnlintError):
+        message = str(exc)
+    else:
+        message = f"internal error ({type(exc).__name__}: {exc}); please report this as a bnlint bug"
+    return TargetResult(target, display_path(target), error=message)
+
+
+def run_lint(targets: list[str], options: LintOptions, progress: Callable[[str], None] | None = None, *,
+             jobs: int = 1, observer: LintObserver | None = None) -> LintResult:
+    """Lint every target (`jobs` processes in parallel); results in target order whatever `jobs` is."""
+    config = options.config
+    files = expand_targets(targets, exclude=config.exclude, root=config.root, force_exclude=config.force_exclude)
+    if observer:
+        observer.started(len(files))
+
+    def done(outcome: TargetResult) -> None:
+        if progress and outcome.error is None:
+            progress(f"{outcome.shown}: {len(outcome.findings)} finding(s)")
+        if observer:
+            observer.finished(outcome)
+
     result = LintResult()
-    for outcome in map(lambda t: lint_target(t, options), expand_targets(targets)):
+    used: set[IgnoreEntry] = set()
+    applied: set[IgnoreEntry] = set()
+    for outcome in ordered_map(lint_target, files, (options,), jobs=jobs, on_done=done, on_error=failed_target):
         if outcome.error is not None:
             result.errors.append((outcome.shown, outcome.error))
             continue
         result.models += 1
-        if progress:
-            progress(f"{outcome.shown}: {len(outcome.findings)} finding(s)")
+        result.checked.append(outcome.shown)
         result.findings.extend(outcome.findings)
+        result.pictures.update(outcome.pictures)
+        used |= outcome.ignores_used
+        applied |= outcome.ignores_applied
     result.findings = sort_findings(result.findings)
+    result.unused_ignores = options.ignores.unused(used, applied, options.rule_codes())
     return result
+

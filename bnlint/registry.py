@@ -39,3 +39,15 @@ def all_checks() -> dict[str, Check]:
     import bnlint.checks  # noqa: F401  (registers every check)
 
     return dict(sorted(CHECKS.items()))
+
+
+# Codes that have a rule file but no graph check: the lint pipeline itself reports them.
+META_CODES: dict[str, str] = {
+    "BN010": "bnlint.torch_frontend.folded: a layer torch's exporter marked as having absorbed a BN (loader fact)",
+    "BN100": "bnlint.suppression: an unused or unknown `# bnlint: ignore[...]` comment in Python source",
+}
+
+
+def known_codes() -> list[str]:
+    """Every selectable code: the registered checks and the meta codes."""
+    return sorted({*all_checks(), *META_CODES})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections import Counter
+from pathlib import Path
 
 import click
 
@@ -43,15 +45,44 @@ def _wrapped(prefix: str, text: str) -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=prefix, subsequent_indent=indent) or [prefix.rstrip()]
 
 
-def render_full(findings: list[Finding], *, color: bool = False) -> str:
+def source_snippet(finding: Finding, source_root: str | None, cache: dict) -> list[str]:
+    """The Python line a finding points to, ruff style (`12 |     nn.BatchNorm2d(64),`), when readable."""
+    loc = finding.location
+    if not loc.source_file or not loc.source_line:
+        return []
+    path = Path(loc.source_file)
+    if not path.is_absolute():
+        path = Path(source_root or os.getcwd()) / path
+    if path not in cache:
+        try:
+            cache[path] = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            cache[path] = None
+    text = cache[path]
+    if not text or loc.source_line > len(text):
+        return []
+    number = str(loc.source_line)
+    gutter = " " * len(number)
+    code = text[loc.source_line - 1].expandtabs(4).rstrip()
+    if len(code) > WIDTH:
+        code = code[:WIDTH - 1] + "…"
+    return [f"{gutter} |", f"{number} | {code}", f"{gutter} |"]
+
+
+def render_full(findings: list[Finding], *, color: bool = False, source_root: str | None = None) -> str:
+    """Each finding with its node, the Python line it points to (when the file exists), and its rule."""
     blocks = []
+    sources: dict = {}
     for finding in findings:
         loc = finding.location
         lines = [headline(finding, color)]
         node_line = f"  --> {loc.file} graph {loc.graph}, node #{loc.index} {loc.op_type} '{loc.node}'"
         if loc.module:
             node_line += f", module {loc.module}" + (f" ({loc.module_class})" if loc.module_class else "")
+        elif loc.module_class:
+            node_line += f", in {loc.module_class}.forward"
         lines.append(_style(node_line, color, dim=True))
+        lines += source_snippet(finding, source_root, sources)
         doc = rule_doc(finding.code)
         if doc is not None:
             lines += _wrapped("   = why: ", doc.summary)

@@ -1,0 +1,151 @@
+"""Child process of the bench: prepare one step, run it up to N times, stream one JSON line per run.
+
+One child per measurement, so its peak RSS (read by the parent with wait4) belongs to that step alone. The
+protocol goes to a private copy of stdout; the tools' own prints (and C-level writes to fd 1) go to
+/dev/null. Usage (from bench/run.py): worker.py STEP MODEL OUT_DIR --runs N --cap SECONDS [--external]
+[--keep-output] [--rewritten PATH]; or worker.py --evaluate ORIGINAL OUTPUT REFERENCE_NPY [--bn-only].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _protocol_stream():
+    stream = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = open(os.devnull, "w")
+    return stream
+
+
+def read_chars() -> int:
+    """Bytes this process got from read()-like calls so far (/proc/self/io rchar; 0 where unsupported)."""
+    try:
+        with open("/proc/self/io") as handle:
+            for line in handle:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def clear(folder: Path) -> None:
+    from models import remove_output
+
+    remove_output(folder / "out.onnx")
+
+
+def run_step(args, emit) -> None:
+    from tools import STEPS, StepFailed
+
+    started = time.perf_counter()
+    try:
+        factory = STEPS[args.step]
+        step = factory(rewritten=Path(args.rewritten)) if args.rewritten else factory()
+    except StepFailed as exc:
+        emit(event="error", message=str(exc))
+        return
+    except ImportError as exc:
+        emit(event="error", message=f"not available: {exc.name or exc} is not installed "
+                                    "(pip install -e '.[bench]')")
+        return
+    emit(event="ready", import_seconds=time.perf_counter() - started, rss_mb=rss_mb())
+    model, out_dir = Path(args.model), Path(args.out_dir)
+    out = out_dir / "out.onnx"
+    spent = 0.0
+    for index in range(args.runs):
+        clear(out_dir)
+        before = read_chars()
+        t0 = time.perf_counter()
+        try:
+            step(model, out, args.external)
+        except StepFailed as exc:
+            emit(event="error", message=str(exc))
+            return
+        seconds = time.perf_counter() - t0
+        emit(event="run", seconds=seconds, read_bytes=read_chars() - before)
+        spent += seconds
+        if index + 1 < args.runs and spent + seconds > args.cap:
+            emit(event="capped", runs=index + 1)
+            break
+    if not args.keep_output:
+        clear(out_dir)
+    emit(event="done")
+
+
+def evaluate(original: Path, output: Path, reference: Path, emit, bn_only: bool = False) -> None:
+    """BN nodes left in `output`, and its max abs difference from `original` on one seeded random input."""
+    import numpy as np
+    import onnx
+
+    from tools import ort_session, random_feed
+
+    graph = onnx.load(output, load_external_data=False).graph
+    bn_left = sum(node.op_type == "BatchNormalization" for node in graph.node)
+    emit(event="bn_left", count=bn_left, nodes_left=len(graph.node))
+    if bn_only:
+        emit(event="done")
+        return
+    make = ort_session(threads=0)
+    if reference.exists():
+        expected = np.load(reference)
+    else:
+        session = make(original)
+        expected = session.run(None, random_feed(session))[0]
+        np.save(reference, expected)
+    session = make(output)
+    got = session.run(None, random_feed(session))[0]
+    if got.shape != expected.shape:
+        emit(event="error", message=f"output shape {got.shape} != {expected.shape}")
+        return
+    emit(event="error_value", max_abs_error=float(np.max(np.abs(got.astype(np.float64) - expected))),
+         max_abs_output=float(np.max(np.abs(expected))))
+    emit(event="done")
+
+
+def main() -> None:
+    stream = _protocol_stream()
+
+    def emit(**fields):
+        stream.write(json.dumps(fields) + "\n")
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("step", nargs="?")
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("out_dir", nargs="?")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cap", type=float, default=60.0)
+    parser.add_argument("--external", action="store_true")
+    parser.add_argument("--keep-output", action="store_true")
+    parser.add_argument("--rewritten")
+    parser.add_argument("--evaluate", nargs=3, metavar=("ORIGINAL", "OUTPUT", "REFERENCE"))
+    parser.add_argument("--bn-only", action="store_true", help="with --evaluate: count BN, skip onnxruntime")
+    args = parser.parse_args()
+    if args.model:
+        os.chdir(Path(args.model).parent)  # no bnlint config is discovered above the model's cache folder
+    try:
+        if args.evaluate:
+            evaluate(*(Path(p).resolve() for p in args.evaluate), emit, bn_only=args.bn_only)
+        else:
+            run_step(args, emit)
+    except Exception as exc:  # a crashing tool is a result ("failed: ..."), not a bench crash
+        traceback.print_exc()
+        emit(event="error", message=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Run one function over many items in worker processes, results in item order.
+
+Linting is CPU-bound Python (protobuf parsing, graph walks), so threads would not help; each worker process
+loads and lints one model at a time and sends back plain data. With one job (or one item) everything runs
+in this process, without the start-up cost of a pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from bnlint.errors import BnlintError
+
+
+def default_jobs() -> int:
+    """The CPUs this process may use (affinity and cgroup-aware where Python supports it)."""
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _guarded(function, on_error, item, args):
+    try:
+        return function(item, *args)
+    except Exception as exc:  # one bad item must not stop the others
+        return on_error(item, exc)
+
+
+def _context():
+    """fork is the cheapest start on Linux, but not safe once the parent runs threads (torch's and
+    onnxruntime's thread pools, e.g. when bnlint is used as a library): then a fresh fork server is used.
+    Other platforms keep their safe default (spawn on macOS and Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    threaded = threading.active_count() > 1 or "torch" in sys.modules or "onnxruntime" in sys.modules
+    return multiprocessing.get_context("forkserver" if threaded else "fork")
+
+
+def ordered_map(
+    function: Callable,
+    items: Sequence,
+    args: tuple = (),
+    *,
+    jobs: int = 1,
+    on_done: Callable | None = None,
+    on_error: Callable,
+) -> list:
+    """`[function(item, *args) for item in items]` over up to `jobs` processes.
+
+    An exception in `function` becomes `on_error(item, exc)` (both must be picklable, top-level
+    functions). `on_done(result)` is called in this process as each result arrives (completion order);
+    the returned list is in item order.
+    """
+    workers = max(1, min(jobs, len(items)))
+    if workers == 1:
+        results = []
+        for item in items:
+            result = _guarded(function, on_error, item, args)
+            if on_done:
+                on_done(result)
+            results.append(result)
+        return results
+    results: list = [None] * len(items)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+    try:
+        pending = {pool.submit(_guarded, function, on_error, item, args): i for i, item in enumerate(items)}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = pending.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:
+                    result = on_error(items[index], BnlintError(
+                        f"not checked: a worker process died while this file was queued or running "
+                        f"(out of memory? try --jobs 1): {exc}"))
+                results[index] = result
+                if on_done:
+                    on_done(result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results

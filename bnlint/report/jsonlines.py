@@ -1,0 +1,19 @@
+"""JSON Lines: one finding per line (the `json` format's finding objects plus a stable fingerprint), for
+streaming into jq, log pipelines or databases. Load errors go to stderr and the exit code, not here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bnlint.findings import Finding
+from bnlint.fingerprints import unique_fingerprints
+
+
+def render_json_lines(findings: list[Finding], *, root: Path) -> str:
+    lines = []
+    for finding, fingerprint in zip(findings, unique_fingerprints(findings, root)):
+        record = finding.to_dict()
+        record["fingerprint"] = fingerprint
+        lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+    return "".join(line + "\n" for line in lines)

@@ -1,0 +1,691 @@
+"""Prove two models compute the same function by running both with onnxruntime.
+
+Both run on the CPU provider with graph optimizations disabled (so onnxruntime's own fusions cannot hide
+or cause a difference), one intra-op thread and sequential execution (so results are deterministic), on
+several seeded random input sets plus optional real data from an .npz file.
+
+Default tolerance: both models are compared with a float64 copy of the first one (bnlint.reference64).
+Per output, errors are measured relative to the largest |value| of the same channel (axis 1; the whole
+tensor for rank < 2), floored at 1e-3 of the output's largest |value|:
+    err(M) = max |M - ref| / scale(channel)
+and the second model passes when err(second) <= 8 * err(first) + 4 * u, with u the unit roundoff of the
+output's type. Rounding errors of two equivalent computations are random draws (a fold reassociates
+sums), so a near miss (within 16x of the limit) is re-checked on 12 more input sets pooled with the
+first. A wrong fold of a tiny-variance channel is caught (its channel scale is its own), and a valid
+fold of a huge-scale channel passes (its errors are measured against its own scale), where a fixed atol
+gets one of the two wrong. When no float64 copy can run, a fixed tolerance is used instead and the
+report says so; --rtol/--atol choose a fixed tolerance explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bnlint.errors import BnlintError
+from bnlint.onnx_loader import load_onnx
+
+K_FACTOR = 8.0
+FLOOR_ULPS = 4.0
+SCALE_FLOOR = 1e-3
+DEFAULT_BATCH = 2
+DEFAULT_DIM = 32
+DEFAULT_INT_HIGH = 2
+# (rtol, atol as a fraction of the channel's largest |value|) when no float64 reference can run
+FALLBACK_TOLERANCE = {"float64": (1e-9, 1e-10), "float32": (1e-4, 1e-5), "float16": (1e-2, 1e-3),
+                      "bfloat16": (5e-2, 1e-2)}
+_UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+class VerifyError(BnlintError):
+    """The models cannot be run or compared (exit 2)."""
+
+
+@dataclass
+class VerifyOptions:
+    dims: dict[str, int] = field(default_factory=dict)
+    inputs: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    seed: int = 0
+    runs: int = 3
+
+    @property
+    def fixed(self) -> bool:
+        return self.rtol is not None or self.atol is not None
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    shape: tuple
+    dtype: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    err_first: float | None = None
+    err_second: float | None = None
+    limit: float | None = None
+    violations: int = 0
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "max_abs": self.max_abs,
+                "max_rel": self.max_rel, "err_original": self.err_first, "err_rewritten": self.err_second,
+                "limit": self.limit, "violations": self.violations, "ok": self.ok, "problem": self.problem}
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    outputs: list[OutputCheck]
+    mode: str
+    notes: list[str]
+    input_sets: int
+    failing_set: int | None = None
+    divergence: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "mode": self.mode, "notes": self.notes, "input_sets": self.input_sets,
+                "outputs": [o.to_dict() for o in self.outputs], "divergence": self.divergence}
+
+
+# -- sessions --------------------------------------------------------------------------------------
+def session(model: str | onnx.ModelProto, external_folder: str | None = None):
+    """A deterministic CPU session; `model` is a path, or a proto whose external data lives in
+    `external_folder`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if external_folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", external_folder)
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    for prefix in ("[ONNXRuntimeError] : ",):
+        text = text.replace(prefix, "")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open(path: str, label: str):
+    try:
+        return session(path)
+    except Exception as exc:  # onnxruntime raises its own exception types for every failure
+        raise VerifyError(f"{label}: onnxruntime cannot load the model: {_first_line(exc)}") from None
+
+
+def _run(sess, feed: dict, label: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    try:
+        outputs = sess.run(list(names) if names else None, feed)
+    except Exception as exc:
+        raise VerifyError(f"{label}: onnxruntime failed to run the model: {_first_line(exc)} "
+                          "(set dynamic dimensions with --dim NAME=VALUE, or give real inputs with --inputs)") from None
+    wanted = list(names) if names else [o.name for o in sess.get_outputs()]
+    return dict(zip(wanted, outputs))
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def feedable_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs a caller must feed (IR-3 style inputs backed by an initializer are not)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def _np_type(value: onnx.ValueInfoProto, label: str) -> np.dtype:
+    if not value.type.HasField("tensor_type"):
+        raise VerifyError(f"{label}: input '{value.name}' is not a tensor; give real inputs with --inputs")
+    elem = value.type.tensor_type.elem_type
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+    except (KeyError, ValueError, TypeError):
+        raise VerifyError(f"{label}: input '{value.name}' has type "
+                          f"{onnx.TensorProto.DataType.Name(elem)}, which bnlint cannot generate") from None
+    if dtype.kind in "OSU":
+        raise VerifyError(f"{label}: input '{value.name}' is a string tensor; give real inputs with --inputs")
+    return dtype
+
+
+def _input_shape(value: onnx.ValueInfoProto, dims: dict[str, int]) -> tuple[int, ...]:
+    shape = []
+    tensor_type = value.type.tensor_type
+    for axis, dim in enumerate(tensor_type.shape.dim if tensor_type.HasField("shape") else ()):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            shape.append(dim.dim_value)
+        elif dim.dim_param and dim.dim_param in dims:
+            shape.append(dims[dim.dim_param])
+        else:
+            shape.append(DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
+    return tuple(shape)
+
+
+def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Exclusive upper bounds for integer inputs used as Gather indices into a constant table."""
+    tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Gather", "GatherElements") and len(node.input) > 1 and node.input[0] in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = tables[node.input[0]]
+            if dims and -len(dims) <= axis < len(dims):
+                bounds[node.input[1]] = min(bounds.get(node.input[1], dims[axis]), dims[axis])
+    return bounds
+
+
+def make_input_sets(model: onnx.ModelProto, options: VerifyOptions, label: str) -> list[dict[str, np.ndarray]]:
+    """Seeded random inputs (normal floats, integers in a valid range, random booleans), then --inputs."""
+    values = feedable_inputs(model)
+    bounds = _index_bounds(model)
+    sets = []
+    for run in range(options.runs):
+        rng = np.random.default_rng(options.seed + run)
+        feed = {}
+        for value in values:
+            dtype = _np_type(value, label)
+            shape = _input_shape(value, options.dims)
+            if dtype.kind == "f" or dtype.name == "bfloat16":
+                feed[value.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                feed[value.name] = rng.integers(0, 2, shape).astype(bool)
+            else:
+                high = bounds.get(value.name, DEFAULT_INT_HIGH)
+                feed[value.name] = rng.integers(0, max(high, 1), shape).astype(dtype)
+        sets.append(feed)
+    if options.inputs:
+        sets.append(_load_npz(options.inputs, values, label))
+    return sets
+
+
+def _load_npz(path: str, values, label: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise VerifyError(f"{path}: cannot read inputs: {exc}") from None
+    feed = {}
+    for value in values:
+        if value.name not in arrays:
+            raise VerifyError(f"{path}: no array named '{value.name}' (the model's inputs: "
+                              f"{', '.join(v.name for v in values)})")
+        dtype = _np_type(value, label)
+        array = arrays[value.name]
+        if array.dtype != dtype:
+            if array.dtype.kind != dtype.kind and not (array.dtype.kind in "iu" and dtype.kind in "iu"):
+                raise VerifyError(f"{path}: '{value.name}' is {array.dtype}, the model expects {dtype}")
+            array = array.astype(dtype)
+        feed[value.name] = array
+    return feed
+
+
+def _widen_feed(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: (v.astype(np.float64) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v)
+            for k, v in feed.items()}
+
+
+# -- comparison ----------------------------------------------------------------------------------
+def _dtype_name(array: np.ndarray) -> str:
+    return array.dtype.name
+
+
+def _is_float(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+
+
+def _channel_view(array: np.ndarray) -> np.ndarray:
+    """The array as [channels, everything else] (axis 1 is the channel; rank < 2 is one channel)."""
+    wide = np.asarray(array, dtype=np.float64)
+    if wide.ndim < 2:
+        return wide.reshape(1, -1)
+    return np.moveaxis(wide, 1, 0).reshape(wide.shape[1], -1)
+
+
+def _channel_scale(arrays: list[np.ndarray]) -> np.ndarray:
+    """Largest finite |value| per channel over all input sets, floored at SCALE_FLOOR of the largest."""
+    per_set = []
+    for array in arrays:
+        view = np.abs(_channel_view(array))
+        view[~np.isfinite(view)] = 0.0
+        per_set.append(view.max(axis=1) if view.size else np.zeros(view.shape[0]))
+    scale = np.max(per_set, axis=0)
+    largest = float(scale.max()) if scale.size else 0.0
+    return np.maximum(scale, max(SCALE_FLOOR * largest, np.finfo(np.float64).tiny))
+
+
+def _normalized_error(values: list[np.ndarray], reference: list[np.ndarray], scale: np.ndarray) -> float:
+    worst = 0.0
+    for value, ref in zip(values, reference):
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(_channel_view(value) - _channel_view(ref))
+        diff[~np.isfinite(diff)] = 0.0
+        if diff.size:
+            worst = max(worst, float((diff / scale[:, None]).max()))
+    return worst
+
+
+def _nonfinite_problem(first: np.ndarray, second: np.ndarray) -> str | None:
+    for test, what in ((np.isnan, "NaN"), (np.isposinf, "+Inf"), (np.isneginf, "-Inf")):
+        differ = np.count_nonzero(test(first) != test(second))
+        if differ:
+            return f"{what} pattern differs at {differ} position(s)"
+    return None
+
+
+def _basic_problem(first: np.ndarray, second: np.ndarray) -> str | None:
+    if first.shape != second.shape:
+        return f"shape {list(first.shape)} vs {list(second.shape)}"
+    if first.dtype != second.dtype:
+        return f"dtype {first.dtype} vs {second.dtype}"
+    if not _is_float(first):
+        differ = np.count_nonzero(first != second)
+        return f"{differ} value(s) differ" if differ else None
+    return _nonfinite_problem(np.asarray(first, np.float64), np.asarray(second, np.float64))
+
+
+def _diff_stats(check: OutputCheck, first: np.ndarray, second: np.ndarray) -> None:
+    a, b = np.asarray(first, np.float64), np.asarray(second, np.float64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not finite.any():
+        return
+    diff = np.abs(a[finite] - b[finite])
+    check.max_abs = max(check.max_abs, float(diff.max()))
+    magnitude = np.abs(a[finite])
+    nonzero = magnitude > 0
+    if nonzero.any():
+        check.max_rel = max(check.max_rel, float((diff[nonzero] / magnitude[nonzero]).max()))
+
+
+class Comparator:
+    """One tolerance rule applied to one output over all input sets. `nominal` maps output names to the
+    type the model declares, when the arrays compared are wider (float64 copies of a bfloat16 model)."""
+
+    def __init__(self, options: VerifyOptions, use_reference: bool, nominal: dict[str, str] | None = None):
+        self.options = options
+        self.use_reference = use_reference
+        self.nominal = nominal or {}
+
+    def check(self, name: str, firsts, seconds, refs=None) -> OutputCheck:
+        check = OutputCheck(name, tuple(firsts[0].shape), self.nominal.get(name, _dtype_name(firsts[0])))
+        for first, second in zip(firsts, seconds):
+            problem = _basic_problem(first, second)
+            if problem:
+                check.problem = problem
+                return check
+            if _is_float(first):
+                _diff_stats(check, first, second)
+        if not _is_float(firsts[0]):
+            return check
+        if self.options.fixed:
+            self._fixed(check, firsts, seconds, self.options.rtol or 0.0, self.options.atol or 0.0, scaled=False)
+        elif self.use_reference and refs is not None:
+            self._against_reference(check, firsts, seconds, refs)
+        else:
+            rtol, atol = FALLBACK_TOLERANCE.get(check.dtype, FALLBACK_TOLERANCE["float32"])
+            self._fixed(check, firsts, seconds, rtol, atol, scaled=True)
+        return check
+
+    def _against_reference(self, check: OutputCheck, firsts, seconds, refs) -> None:
+        scale = _channel_scale(refs)
+        check.err_first = _normalized_error(firsts, refs, scale)
+        check.err_second = _normalized_error(seconds, refs, scale)
+        check.limit = K_FACTOR * check.err_first + FLOOR_ULPS * _UNIT_ROUNDOFF.get(check.dtype, 2.0**-24)
+        if check.err_second > check.limit:
+            check.problem = (f"error vs float64 {check.err_second:.3g} exceeds {K_FACTOR:g} x the original's "
+                             f"{check.err_first:.3g} + {FLOOR_ULPS:g}u")
+
+    def _fixed(self, check: OutputCheck, firsts, seconds, rtol: float, atol: float, scaled: bool) -> None:
+        scale = _channel_scale(firsts) if scaled else None
+        for first, second in zip(firsts, seconds):
+            a, b = _channel_view(first), _channel_view(second)
+            finite = np.isfinite(a) & np.isfinite(b)
+            bound = (atol * scale[:, None] if scaled else atol) + rtol * np.abs(a)
+            with np.errstate(invalid="ignore"):
+                bad = finite & (np.abs(a - b) > bound)
+            check.violations += int(np.count_nonzero(bad))
+        check.limit = None
+        if check.violations:
+            what = f"atol={atol:g} x channel scale" if scaled else f"atol={atol:g}"
+            check.problem = f"{check.violations} value(s) outside rtol={rtol:g}, {what}"
+
+
+# -- the comparison of two models -------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A value of the first model and the value of the second that must equal it, with a label."""
+
+    label: str
+    first: str
+    second: str
+
+
+def compare_models(first_path: str, second_path: str, options: VerifyOptions,
+                   checkpoints: Sequence[Checkpoint] = ()) -> VerifyResult:
+    """Run both models on the same inputs and compare every output of the first."""
+    first_label, second_label = str(first_path), str(second_path)
+    first_model = load_onnx(first_path)
+    second_model = load_onnx(second_path)
+    _check_interfaces(first_model, second_model, first_label, second_label)
+    feeds = make_input_sets(first_model, options, first_label)
+    names = [o.name for o in first_model.graph.output]
+    notes: list[str] = []
+    try:
+        sessions = (_open(str(first_path), first_label), _open(str(second_path), second_label))
+        nominal = None
+        reference = None if options.fixed else _reference_session(first_model, str(first_path), notes)
+    except VerifyError as native:
+        sessions = _widened_sessions(first_model, second_model, str(first_path), str(second_path), native)
+        nominal = {o.name: _declared_dtype(o) for o in first_model.graph.output}
+        reference = None
+        notes.append(f"onnxruntime cannot run the models as they are ({native}); compared float64 copies, "
+                     "which hold the same weights exactly, with the fixed tolerance of the declared type")
+    runs = _Runs(sessions, reference, names, (first_label, second_label), notes, nominal)
+    runs.collect(feeds)
+    comparator, checks = runs.compare(options)
+    if not all(c.ok for c in checks) and runs.reference is not None and _near_miss(checks):
+        # Rounding errors of two equivalent models are random draws; with few values per channel the
+        # original can be lucky. A real divergence stays; a draw regresses once more inputs are pooled.
+        extra = make_input_sets(first_model, replace(options, seed=options.seed + options.runs,
+                                                     runs=NEAR_MISS_RUNS, inputs=None), first_label)
+        runs.collect(extra)
+        feeds = feeds + extra
+        comparator, checks = runs.compare(options)
+        notes.append(f"near miss: re-checked on {len(extra)} more random input sets")
+    ok = all(c.ok for c in checks)
+    result = VerifyResult(ok, checks, _mode_text(options, runs.reference is not None), notes, len(feeds))
+    if not ok:
+        result.failing_set = _first_failing_set(checks, runs.firsts, runs.seconds, comparator, names, runs.refs)
+        if checkpoints:
+            result.divergence = locate_divergence(first_path, second_path, checkpoints,
+                                                  feeds[result.failing_set or 0], comparator,
+                                                  runs.reference is not None)
+    return result
+
+
+def _declared_dtype(value: onnx.ValueInfoProto) -> str:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).name
+    except (KeyError, ValueError, TypeError):
+        return "float32"
+
+
+def _widened_sessions(first_model, second_model, first_path: str, second_path: str, native: VerifyError):
+    """Sessions over float64 copies of both models, for types onnxruntime's CPU provider cannot run
+    (bfloat16); widening is exact, so the stored weights are compared as they are."""
+    from bnlint.reference64 import NoReference, float64_copy
+
+    sessions = []
+    for model, path in ((first_model, first_path), (second_model, second_path)):
+        try:
+            sessions.append(_reference_session_for(float64_copy(model, path)))
+        except NoReference:
+            raise native from None
+        if sessions[-1] is None:
+            raise native
+    return tuple(sessions)
+
+
+NEAR_MISS_RUNS = 12
+NEAR_MISS_FACTOR = 16.0
+
+
+def _near_miss(checks: list[OutputCheck]) -> bool:
+    """Every failure is the reference rule missed by less than NEAR_MISS_FACTOR (not a shape, NaN or
+    integer difference, nor an error orders of magnitude too large)."""
+    failing = [c for c in checks if not c.ok]
+    return all(c.err_second is not None and c.limit is not None and c.err_second <= NEAR_MISS_FACTOR * c.limit
+               for c in failing)
+
+
+class _Runs:
+    """Outputs of both models (and the float64 reference) over the input sets run so far."""
+
+    def __init__(self, sessions, reference, names, labels, notes, nominal=None):
+        self.sessions, self.reference, self.names, self.labels, self.notes = sessions, reference, names, labels, notes
+        self.nominal = nominal
+        self.firsts, self.seconds, self.refs = [], [], []
+
+    def collect(self, feeds) -> None:
+        for feed in feeds:
+            if self.nominal is not None:
+                feed = _widen_feed(feed)
+            self.firsts.append(_run(self.sessions[0], feed, self.labels[0], self.names))
+            self.seconds.append(_run(self.sessions[1], feed, self.labels[1], self.names))
+            if self.reference is not None:
+                outputs = _run_reference(self.reference, feed, self.names, self.notes)
+                if outputs is None:
+                    self.reference, self.refs = None, []
+                else:
+                    self.refs.append(outputs)
+
+    def compare(self, options: VerifyOptions):
+        comparator = Comparator(options, use_reference=self.reference is not None, nominal=self.nominal)
+        checks = self._checks(comparator)
+        if self.reference is not None and _reference_broken(checks, self.notes):
+            self.reference, self.refs = None, []
+            comparator = Comparator(options, use_reference=False, nominal=self.nominal)
+            checks = self._checks(comparator)
+        return comparator, checks
+
+    def _checks(self, comparator: Comparator) -> list[OutputCheck]:
+        return [comparator.check(name, [r[name] for r in self.firsts], [r[name] for r in self.seconds],
+                                 [r[name] for r in self.refs] if self.refs else None) for name in self.names]
+
+
+def _mode_text(options: VerifyOptions, reference: bool) -> str:
+    if options.fixed:
+        return f"fixed tolerance: |new - original| <= {options.atol or 0:g} + {options.rtol or 0:g} x |original|"
+    if reference:
+        return (f"float64 reference: err(new) <= {K_FACTOR:g} x err(original) + {FLOOR_ULPS:g}u, errors relative "
+                "to each channel's largest |value|")
+    return ("fixed tolerance (no float64 reference): |new - original| <= rtol x |original| + atol x channel scale "
+            "(rtol/atol: float32 1e-4/1e-5, float16 1e-2/1e-3, bfloat16 5e-2/1e-2, float64 1e-9/1e-10)")
+
+
+def _describe_type(value: onnx.ValueInfoProto) -> str:
+    tensor_type = value.type.tensor_type
+    elem = onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower() if tensor_type.elem_type else "?"
+    if not tensor_type.HasField("shape"):
+        return elem
+    dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
+    return f"{elem}[{','.join(dims)}]"
+
+
+def _compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> bool:
+    ta, tb = a.type.tensor_type, b.type.tensor_type
+    if ta.elem_type != tb.elem_type:
+        return False
+    if not (ta.HasField("shape") and tb.HasField("shape")):
+        return True
+    if len(ta.shape.dim) != len(tb.shape.dim):
+        return False
+    return all(not (x.HasField("dim_value") and y.HasField("dim_value")) or x.dim_value == y.dim_value
+               for x, y in zip(ta.shape.dim, tb.shape.dim))
+
+
+def _check_interfaces(first: onnx.ModelProto, second: onnx.ModelProto, first_label: str, second_label: str) -> None:
+    a = {v.name: v for v in feedable_inputs(first)}
+    b = {v.name: v for v in feedable_inputs(second)}
+    if set(a) != set(b):
+        raise VerifyError(f"{second_label}: inputs differ from {first_label}'s "
+                          f"({', '.join(sorted(a))} vs {', '.join(sorted(b))})")
+    for name in a:
+        if not _compatible(a[name], b[name]):
+            raise VerifyError(f"{second_label}: inputs differ from {first_label}'s: '{name}' is "
+                              f"{_describe_type(a[name])} vs {_describe_type(b[name])}")
+    outputs_a = [o.name for o in first.graph.output]
+    missing = [name for name in outputs_a if name not in {o.name for o in second.graph.output}]
+    if missing:
+        raise VerifyError(f"{second_label}: output(s) {', '.join(missing)} of {first_label} are missing")
+
+
+def _reference_session(model: onnx.ModelProto, path: str, notes: list[str]):
+    from bnlint.reference64 import NoReference, float64_copy, wrap_in_float32
+
+    try:
+        copy = float64_copy(model, path)
+    except NoReference as exc:
+        notes.append(f"no float64 reference: {exc}")
+        return None
+    wrapped = []
+    for _attempt in range(16):
+        try:
+            sess = session(copy)
+            if wrapped:
+                notes.append(f"float64 reference computes {', '.join(wrapped)} in float32 (no double kernel)")
+            return sess
+        except Exception as exc:
+            op = _missing_kernel(str(exc))
+            if op is None or op in wrapped or not wrap_in_float32(copy, op):
+                notes.append(f"no float64 reference: onnxruntime cannot run the float64 copy ({_first_line(exc)})")
+                return None
+            wrapped.append(op)
+    return None
+
+
+def _missing_kernel(message: str) -> str | None:
+    marker = "Could not find an implementation for "
+    if marker not in message:
+        return None
+    return message.split(marker, 1)[1].split("(", 1)[0].strip()
+
+
+def _run_reference(reference, feed, names, notes) -> dict[str, np.ndarray] | None:
+    try:
+        return dict(zip(names, reference.run(names, _widen_feed(feed))))
+    except Exception as exc:
+        notes.append(f"no float64 reference: the float64 copy failed to run ({_first_line(exc)})")
+        return None
+
+
+def _reference_broken(checks: list[OutputCheck], notes: list[str]) -> bool:
+    """A reference the original itself disagrees with beyond float rounding is a bnlint bug or an op the
+    copy cannot reproduce; it must not loosen the tolerance, so the fixed tolerance is used instead."""
+    for check in checks:
+        if check.err_first is None:
+            continue
+        sanity = max(1e-2, 64 * _UNIT_ROUNDOFF.get(check.dtype, 2.0**-24))
+        if check.err_first > sanity:
+            notes.append(f"float64 reference disagrees with the original on '{check.name}' "
+                         f"({check.err_first:.3g}); using the fixed tolerance instead")
+            return True
+    return False
+
+
+def _first_failing_set(checks, firsts, seconds, comparator: Comparator, names, refs) -> int:
+    failing = [c.name for c in checks if not c.ok]
+    for k in range(len(firsts)):
+        for name in failing:
+            one = comparator.check(name, [firsts[k][name]], [seconds[k][name]], [refs[k][name]] if refs else None)
+            if not one.ok:
+                return k
+    return 0
+
+
+# -- finding the first rewrite that diverges ------------------------------------------------------
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in present:
+            copy.graph.output.add().name = name
+            present.add(name)
+    return copy
+
+
+def locate_divergence(first_path: str, second_path: str, checkpoints: Sequence[Checkpoint], feed: dict,
+                      comparator: Comparator, use_reference: bool) -> str | None:
+    """The label of the first checkpoint (in the first model's order) whose values differ, comparing the
+    two models' intermediate values with the same rule as their outputs."""
+    first_model, second_model = load_onnx(first_path), load_onnx(second_path)
+    order_a = {name: k for k, node in enumerate(first_model.graph.node) for name in node.output}
+    produced_b = {name for node in second_model.graph.node for name in node.output}
+    usable = sorted((c for c in checkpoints if c.first in order_a and c.second in produced_b),
+                    key=lambda c: order_a[c.first])
+    if not usable:
+        return None
+    try:
+        first = _with_outputs(first_model, [c.first for c in usable])
+        second = _with_outputs(second_model, [c.second for c in usable])
+        a = _run(session(first, str(Path(first_path).parent)), feed, first_path, [c.first for c in usable])
+        b = _run(session(second, str(Path(second_path).parent)), feed, second_path, [c.second for c in usable])
+        ref = None
+        if use_reference:
+            from bnlint.reference64 import float64_copy
+
+            ref_session = _reference_session_for(float64_copy(first, first_path))
+            if ref_session is not None:
+                ref = _run_reference(ref_session, feed, [c.first for c in usable], [])
+    except Exception:  # localization is best effort: the verdict itself stands without it
+        return None
+    for checkpoint in usable:
+        refs = [ref[checkpoint.first]] if ref is not None else None
+        one = comparator.check(checkpoint.first, [a[checkpoint.first]], [b[checkpoint.second]], refs)
+        if not one.ok:
+            return checkpoint.label
+    return None
+
+
+def _reference_session_for(copy: onnx.ModelProto):
+    from bnlint.reference64 import wrap_in_float32
+
+    for _attempt in range(16):
+        try:
+            return session(copy)
+        except Exception as exc:
+            op = _missing_kernel(str(exc))
+            if op is None or not wrap_in_float32(copy, op):
+                return None
+    return None
+
+
+# -- text ----------------------------------------------------------------------------------------------
+def render_table(result: VerifyResult) -> str:
+    """The verification table: one row per output."""
+    def number(value):
+        return "-" if value is None else f"{value:.3g}"
+
+    rows = [("output", "shape", "dtype", "max abs", "max rel", "err orig", "err new", "limit", "result")]
+    for check in result.outputs:
+        rows.append((check.name, "x".join(str(d) for d in check.shape) or "scalar", check.dtype,
+                     number(check.max_abs), number(check.max_rel), number(check.err_first),
+                     number(check.err_second), number(check.limit), "ok" if check.ok else "FAIL"))
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    lines = ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    for check in result.outputs:
+        if check.problem:
+            lines.append(f"  {check.name}: {check.problem}")
+    return "\n".join(lines)
+
+
+def describe(result: VerifyResult) -> str:
+    head = "equivalent" if result.ok else "NOT equivalent"
+    lines = [f"verification: {head} on {result.input_sets} input set(s); {result.mode}", render_table(result)]
+    lines.extend(f"  note: {note}" for note in result.notes)
+    if result.divergence:
+        lines.append(f"  first rewrite whose local output diverges: {result.divergence}")
+    return "\n".join(lines)
+
+
+def parse_dims(values: Sequence[str]) -> dict[str, int]:
+    """--dim NAME=VALUE options as a dict."""
+    dims = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not name.strip() or not number.strip().isdigit() or int(number) <= 0:
+            raise VerifyError(f"--dim {value!r}: expected NAME=POSITIVE_INTEGER")
+        dims[name.strip()] = int(number)
+    return dims

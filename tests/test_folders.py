@@ -1,0 +1,227 @@
+"""Folders at scale: parallel lint in a stable order, exclude globs, per-file load errors, progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import parse
+
+from bnlint.errors import BnlintError
+from bnlint.excludes import ExcludeMatcher
+from bnlint.parallel import ordered_map
+from bnlint.sources import expand_targets
+
+HEADER = """<ir_version: 8, opset_import: ["" : 15]>
+g (float[1, 2, 4, 4] x) => (float[1, 2, 4, 4] y)
+<float[2, 2, 1, 1] w = {1.0, 0.5, -0.5, 1.0}, float[2] s = {1.0, 1.0}, float[2] b = {0.0, 0.0},
+ float[2] m = {0.0, 0.0}, float[2] v = {1.0, 1.0}>
+"""
+VARIANTS = [  # small models with different findings, so order mistakes would show
+    HEADER + "{ [conv] c = Conv (x, w)  [bn] y = BatchNormalization (c, s, b, m, v) }",
+    HEADER + "{ [relu] r = Relu (x)  [bn] y = BatchNormalization (r, s, b, m, v) }",
+    HEADER + "{ [drop] d = Dropout (x)  [bn] y = BatchNormalization (d, s, b, m, v) }",
+    HEADER + "{ [neg] y = Neg (x) }",
+    HEADER + "{ [bn] y, rm, rv = BatchNormalization <training_mode = 1> (x, s, b, m, v) }",
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BNLINT_OUTPUT_FORMAT", raising=False)
+
+
+def write_models(folder: Path, count: int) -> None:
+    protos = [parse(text).SerializeToString() for text in VARIANTS]
+    for i in range(count):
+        target = folder / f"group{i % 7}" / f"m{i:03d}.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(protos[i % len(protos)])
+
+
+def test_two_hundred_models_same_findings_same_order_with_two_jobs(run_cli, tmp_path):
+    write_models(tmp_path / "models", 200)
+    serial = run_cli("check", "models", "--jobs", "1", "--format", "json-lines")
+    parallel = run_cli("check", "models", "--jobs", "2", "--format", "json-lines")
+    assert serial.exit_code == parallel.exit_code == 1
+    assert parallel.stdout == serial.stdout
+    records = [json.loads(line) for line in serial.stdout.splitlines()]
+    assert len(records) == 200  # per 5 models: BN004, BN001, BN002 + BN005, nothing, BN006
+    files = [r["location"]["file"] for r in records]
+    assert files == sorted(files)
+    assert "in 200 models" in parallel.stderr
+
+
+def test_parallel_output_is_identical_in_every_format(run_cli, tmp_path):
+    write_models(tmp_path / "models", 12)
+    for fmt in ("full", "sarif", "junit", "markdown"):
+        one = run_cli("check", "models", "--jobs", "1", "--format", fmt)
+        two = run_cli("check", "models", "--jobs", "2", "--format", fmt)
+        assert (one.stdout, one.exit_code) == (two.stdout, two.exit_code), fmt
+
+
+def test_a_broken_file_is_reported_and_the_others_still_run(run_cli, tmp_path):
+    write_models(tmp_path / "models", 10)
+    (tmp_path / "models" / "group0" / "broken.onnx").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    (tmp_path / "models" / "group3" / "empty.onnx").write_bytes(b"")
+    result = run_cli("check", "models", "--jobs", "2", "--format", "concise")
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bnlint: error:")]
+    assert [line.split(": ")[2] for line in errors] == ["models/group0/broken.onnx", "models/group3/empty.onnx"]
+    assert "Git LFS pointer" in errors[0] and "empty" in errors[1]
+    assert len(result.stdout.splitlines()) == 10  # the findings of the 10 readable models
+    assert "in 10 models" in result.stderr and "2 files could not be read" in result.stderr
+
+
+def _boom(item, factor):
+    if item == 3:
+        raise ValueError("three is bad")
+    time.sleep(0.05 * (5 - item))  # later items finish first
+    return item * factor
+
+
+def _caught(item, exc):
+    return f"error {item}: {exc}"
+
+
+def test_ordered_map_keeps_item_order_and_isolates_failures():
+    done = []
+    results = ordered_map(_boom, [0, 1, 2, 3, 4], (10,), jobs=2, on_done=done.append, on_error=_caught)
+    assert results == [0, 10, 20, "error 3: three is bad", 40]
+    assert sorted(map(str, done)) == sorted(map(str, results))
+    assert ordered_map(_boom, [1, 3], (2,), jobs=1, on_error=_caught) == [2, "error 3: three is bad"]
+
+
+def test_ordered_map_avoids_fork_when_the_parent_runs_threads():
+    from bnlint.parallel import _context
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        assert _context().get_start_method() == "forkserver"
+        assert ordered_map(_boom, [0, 1, 3], (3,), jobs=2, on_error=_caught) == [0, 3, "error 3: three is bad"]
+    finally:
+        stop.set()
+        helper.join()
+
+
+def test_internal_errors_become_that_files_error(monkeypatch, tmp_path):
+    from bnlint import lint
+    from bnlint.config import Config
+
+    def explode(model, **kwargs):
+        raise KeyError("surprise")
+
+    onnx.save(parse(VARIANTS[0]), tmp_path / "a.onnx")
+    monkeypatch.setattr(lint, "lint_model", explode)
+    result = lint.run_lint([str(tmp_path / "a.onnx")], lint.LintOptions(Config(root=tmp_path)), jobs=1)
+    [(path, message)] = result.errors
+    assert path == "a.onnx" and message.startswith("internal error (KeyError: 'surprise')")
+    outcome = lint.failed_target("x.onnx", BnlintError("x.onnx: broken"))
+    assert outcome.error == "x.onnx: broken"
+
+
+# -- exclude ----------------------------------------------------------------------------------------------
+
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_exclude_patterns_follow_gitignore_rules(tmp_path):
+    touch(tmp_path, "a.onnx", "legacy/b.onnx", "src/legacy/c.onnx", "src/keep/d.onnx", "src/keep/d_fp16.onnx",
+          "deep/x/y/e.onnx", "only/f.onnx", "sub/only/g.onnx", "venv/lib/h.onnx", ".hidden/i.onnx",
+          "build/j.onnx", "build/keep.onnx")
+    found = expand_targets(["."], exclude=["legacy/", "*_fp16.onnx", "deep/**/e.onnx", "/only", "build/*",
+                                           "!build/keep.onnx"], root=tmp_path)
+    assert sorted(Path(p).as_posix().removeprefix("./") for p in found) == [
+        "a.onnx", "build/keep.onnx", "src/keep/d.onnx", "sub/only/g.onnx"]
+
+
+def test_explicit_files_are_excluded_only_with_force_exclude(tmp_path):
+    touch(tmp_path, "legacy/b.onnx")
+    assert expand_targets(["legacy/b.onnx"], exclude=["legacy/"], root=tmp_path) == ["legacy/b.onnx"]
+    assert expand_targets(["legacy/b.onnx"], exclude=["legacy/"], root=tmp_path, force_exclude=True) == []
+    assert expand_targets(["legacy"], exclude=["legacy/"], root=tmp_path) == [os.path.join("legacy", "b.onnx")]
+    assert expand_targets(["legacy"], exclude=["legacy/"], root=tmp_path, force_exclude=True) == []
+
+
+def test_exclude_matcher_details(tmp_path):
+    matcher = ExcludeMatcher(["*.tmp.onnx", "a/**", "# comment", "", "[ab]?.onnx", "\\!x.onnx"], tmp_path)
+    assert matcher.excludes(str(tmp_path / "q" / "m.tmp.onnx"), is_dir=False)
+    assert matcher.excludes(str(tmp_path / "a" / "z.onnx"), is_dir=False)
+    assert matcher.excludes(str(tmp_path / "b1.onnx"), is_dir=False)
+    assert not matcher.excludes(str(tmp_path / "c1.onnx"), is_dir=False)
+    assert matcher.excludes(str(tmp_path / "!x.onnx"), is_dir=False)
+    assert matcher.excludes_with_parents(str(tmp_path / "a" / "deep" / "z.onnx"))
+    outside = ExcludeMatcher(["/anchored.onnx", "loose.onnx"], tmp_path / "project")
+    assert not outside.excludes(str(tmp_path / "anchored.onnx"), is_dir=False)
+    assert outside.excludes(str(tmp_path / "loose.onnx"), is_dir=False)
+
+
+def test_config_exclude_applies_to_folder_scans(run_cli, tmp_path):
+    write_models(tmp_path / "models", 5)
+    (tmp_path / "bnlint.toml").write_text('exclude = ["group1/", "m004.onnx"]\n')
+    result = run_cli("check", "models", "--format", "json-lines")
+    files = {json.loads(line)["location"]["file"] for line in result.stdout.splitlines()}
+    assert files == {"models/group0/m000.onnx", "models/group2/m002.onnx"}  # m003 is clean
+    assert "in 3 models" in result.stderr
+
+
+# -- progress bar -----------------------------------------------------------------------------------------
+
+def run_with_tty_stderr(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run bnlint with stderr on a pseudo-terminal and stdout on a pipe."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen([sys.executable, "-m", "bnlint", *args], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=terminal, env=env)
+    os.close(terminal)
+    stdout_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: stdout_chunks.append(process.stdout.read()))
+    reader.start()  # drain stdout meanwhile, or a large report would block the child on a full pipe
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # EIO once the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    reader.join(timeout=60)
+    stdout = b"".join(stdout_chunks).decode()
+    process.wait(timeout=60)
+    os.close(controller)
+    return process.returncode, stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_never_reaches_stdout(tmp_path):
+    write_models(tmp_path / "models", 30)
+    code, stdout, terminal = run_with_tty_stderr(["check", "models", "--format", "json"], tmp_path)
+    assert code == 1
+    assert json.loads(stdout)["summary"]["models"] == 30  # stdout is pure JSON
+    assert "checking models" in terminal and "30/30" in terminal
+    assert "checking models" not in stdout
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal_or_quiet(tmp_path, run_cli):
+    write_models(tmp_path / "models", 6)
+    piped = subprocess.run([sys.executable, "-m", "bnlint", "check", "models"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert "checking models" not in piped.stderr and "\x1b[" not in piped.stderr
+    code, _, terminal = run_with_tty_stderr(["check", "models", "--quiet"], tmp_path)
+    assert code == 1 and "checking models" not in terminal
