@@ -130,8 +130,7 @@ def _copy_half_then_fail(source_path, source_dir, tensor, sink):
 
 
 @pytest.mark.parametrize("target, replacement", [
-    pytest.param("os.replace", _fail_replace, marks=pytest.mark.xfail(  # the final rename
-        strict=True, reason="safe_io defect (reported): PendingSave.commit lets OSError escape as a traceback")),
+    ("os.replace", _fail_replace),          # the final rename
     ("os.fsync", _fail_fsync),              # disk full while flushing the data or the model
     ("onnx.checker.check_model", _fail_checker),  # the written model does not re-load cleanly
     ("bnlint.safe_io._copy_external", _copy_half_then_fail),  # dies in the middle of the data copy
@@ -176,8 +175,7 @@ def test_killed_mid_write_input_and_data_untouched(model, tmp_path):
     assert "out.onnx" not in after
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.xfail(
-    strict=True, reason="defect (reported): no SIGTERM handler, so the temporary model and data file stay"))])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_interrupted_mid_write_cleans_up(model, tmp_path, signal_name):
     """Ctrl-C, or the SIGTERM a CI runner sends on cancel: the temporary files are removed."""
     before = state(tmp_path)
