@@ -10,9 +10,11 @@ parameters) live here too, so lint never suggests a fold that the fixer would re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from bnlint.bnstats import bn_facts
 from bnlint.graph import Node
 from bnlint.ops import value_rank
 from bnlint.semantics import BatchNorm
@@ -39,7 +41,13 @@ class FoldTarget:
     bn: BatchNorm
     layer: Node
     add: Node | None = None
-    affine: Affine | None = None
+
+    @cached_property
+    def affine(self) -> Affine:
+        """BN's per-channel map, computed when a rewrite needs it (fold_target already vetted it)."""
+        affine = inference_affine(self.bn)
+        assert not isinstance(affine, str), affine
+        return affine
 
     @property
     def kind(self) -> str:
@@ -105,7 +113,7 @@ def output_channels(layer: Node) -> int | None:
 def consumers_reason(node: Node, value: str) -> str | None:
     """Why `value` cannot be rewritten freely: it has other readers or is a graph output."""
     graph = node.graph
-    readers = len(graph.consumers(value))
+    readers = graph.consumer_count(value)
     if graph.is_graph_output(value):
         return f"{node.display} output '{value}' is a graph output"
     if readers != 1:
@@ -157,10 +165,12 @@ def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
     bn_channels = graph.shape_of(bn.scale)
     if channels is not None and bn_channels and isinstance(bn_channels[0], int) and bn_channels[0] != channels:
         return Refusal(bn, f"BN has {bn_channels[0]} channels but {layer.display} has {channels} outputs", layer)
-    affine = inference_affine(bn)
-    if isinstance(affine, str):
-        return Refusal(bn, affine, layer)
-    return FoldTarget(bn, layer, add, affine)
+    facts = bn_facts(bn)
+    if facts is None or not facts.foldable_numerics:
+        affine = inference_affine(bn)
+        if isinstance(affine, str):
+            return Refusal(bn, affine, layer)
+    return FoldTarget(bn, layer, add)
 
 
 def _matmul_and_bias(add: Node) -> tuple[Node | None, str | None]:

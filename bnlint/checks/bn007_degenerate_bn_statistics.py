@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from bnlint.bnstats import bn_facts
 from bnlint.findings import Severity
 from bnlint.graph import Graph
 from bnlint.registry import Hit, check
@@ -19,6 +20,10 @@ def _channels(mask: np.ndarray, limit: int = 8) -> str:
 def degenerate_bn_statistics(graph: Graph):
     for node in graph.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
+        facts = bn_facts(bn)
+        if facts is not None and facts.finite and facts.var_nonnegative and not facts.any_scale_zero and \
+                np.isfinite(bn.epsilon) and bn.epsilon > 0:
+            continue  # the common case, settled for all BNs of the graph at once
         params = bn.params() if bn.params_constant() else None
         problems = _problems(bn, params)
         if problems:

@@ -1,5 +1,6 @@
 """BN009: ReLU (or a BN with all scales > 0) directly before MaxPool, which commutes with it."""
 
+from bnlint.bnstats import bn_facts
 from bnlint.graph import Graph, Node
 from bnlint.registry import Hit, check
 from bnlint.semantics import batchnorm
@@ -13,6 +14,9 @@ def monotone_increasing(node: Node) -> str | None:
     bn = batchnorm(node)
     if bn is None or bn.training or not bn.params_constant():
         return None
+    facts = bn_facts(bn)
+    if facts is not None:
+        return "every BN scale is > 0" if facts.all_scale_positive else None
     params = bn.params()
     if params is not None and (params["scale"] > 0).all() and (params["var"] + bn.epsilon > 0).all():
         return "every BN scale is > 0"
@@ -21,6 +25,8 @@ def monotone_increasing(node: Node) -> str | None:
 
 @check("BN009")
 def activation_before_maxpool(graph: Graph):
+    if not graph.nodes_of("MaxPool"):
+        return
     for node in graph.nodes_of("Relu", "BatchNormalization"):
         pool = single_consumer(graph, node.output(0))
         if pool is None or not pool.is_op("MaxPool"):
