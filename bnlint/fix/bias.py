@@ -11,46 +11,35 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from bnlint.checks.bn003_bias_before_bn import cancelled_bias
 from bnlint.fix.live import LiveGraph, constant_type
 from bnlint.fix.numeric import CastRefused, CastStats, cast_checked, dtype_name
 from bnlint.fix.result import Change, Checkpoint, Kept, PassResult
 from bnlint.foldable import consumers_reason
 from bnlint.graph import Node
+from bnlint.patterns import bias_site, layer_kind
 from bnlint.semantics import BatchNorm, batchnorm
-from bnlint.walker import op_in, walk_up
 
 CODE = "BN003"
 TITLE = "remove bias cancelled by BN"
-THROUGH_IDENTITY = op_in({"Identity"})
 
 
 def run(live: LiveGraph) -> PassResult:
     result = PassResult(CODE, TITLE)
-    graph = live
     for node in live.nodes_of("BatchNormalization"):
         bn = batchnorm(node)
         if bn is None or not live.alive(node):
             continue
-        path = walk_up(graph, bn.x, THROUGH_IDENTITY)
-        if path is None:
+        site = bias_site(bn)
+        if site is None:
             continue
-        layer = path.end
-        scale_shape = graph.shape_of(bn.scale)
-        bias = cancelled_bias(layer, scale_shape[0] if scale_shape else None)
-        if bias is None:
-            continue
-        outcome = _remove_bias(live, bn, layer, path.via, bias)
+        layer, bias = site.layer, site.bias
+        outcome = _remove_bias(live, bn, layer, site.via, bias)
         if isinstance(outcome, str):
             result.kept.append(Kept(CODE, live.path, node.label, node.op_type,
-                                    f"bias '{bias}' of {_kind(layer)} '{layer.label}' kept: {outcome}"))
+                                    f"bias '{bias}' of {layer_kind(layer)} '{layer.label}' kept: {outcome}"))
         else:
             result.changes.append(outcome)
     return result
-
-
-def _kind(layer: Node) -> str:
-    return "MatMul+Add" if layer.op_type == "Add" else layer.op_type
 
 
 def _blocker(live: LiveGraph, bn: BatchNorm, layer: Node, via) -> str | None:
@@ -115,6 +104,6 @@ def _remove_bias(live: LiveGraph, bn: BatchNorm, layer: Node, via, bias: str) ->
     name = live.add_array(f"{bn.node.label}_mean_nobias", new_mean.reshape(mean.shape), mean_type)
     live.set_input(bn.node, 3, name)
     return Change(CODE, live.path, bn.node.label,
-                  f"removed bias '{bias}' of {_kind(layer)} '{layer.label}' and subtracted it from "
+                  f"removed bias '{bias}' of {layer_kind(layer)} '{layer.label}' and subtracted it from "
                   f"the running mean of {bn.node.display}", kind="remove-bias", removed_nodes=removed,
                   new_tensors=(name,), checkpoint=Checkpoint(bn.y, bn.y), notes=tuple(stats.notes()))

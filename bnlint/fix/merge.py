@@ -15,11 +15,10 @@ from bnlint.fix.numeric import CastRefused, CastStats, cast_checked, dtype_name
 from bnlint.fix.result import Change, Checkpoint, Kept, PassResult
 from bnlint.foldable import consumers_reason, inference_affine
 from bnlint.semantics import BatchNorm, batchnorm
-from bnlint.walker import op_in, walk_up
+from bnlint.patterns import preceding_bn
 
 CODE = "BN008"
 TITLE = "merge consecutive BNs"
-THROUGH_IDENTITY = op_in({"Identity"})
 
 
 def run(live: LiveGraph) -> PassResult:
@@ -28,12 +27,10 @@ def run(live: LiveGraph) -> PassResult:
         second = batchnorm(node)
         if second is None or not live.alive(node):
             continue
-        path = walk_up(live, second.x, THROUGH_IDENTITY)
-        if path is None:
+        found = preceding_bn(second)
+        if found is None:
             continue
-        first = batchnorm(path.end)
-        if first is None:
-            continue
+        first, path = found
         outcome = _merge(live, first, second, path.via)
         if isinstance(outcome, str):
             result.kept.append(Kept(CODE, live.path, node.label, node.op_type,
