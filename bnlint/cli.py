@@ -65,8 +65,11 @@ def log(message: str, *, quiet: bool = False) -> None:
 
 
 def fail(message: str) -> None:
-    """One line on stderr and exit 2: the contract for every usage, config and load error."""
-    click.echo(f"bnlint: error: {message}", err=True)
+    """One line on stderr and exit 2: the contract for every usage, config and load error (control
+    characters from file or node names escaped, so the line stays one line and cannot drive the terminal)."""
+    from bnlint.report.safe_text import printable
+
+    click.echo(f"bnlint: error: {printable(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -146,7 +149,6 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     from bnlint.fingerprints import project_root
     from bnlint.config import parse_size
     from bnlint.lint import LintOptions, run_lint
-    from bnlint.onnx_loader import model_size_limit
     from bnlint.parallel import default_jobs
     from bnlint.progress import ProgressBar, wants_progress
     from bnlint.report import render, render_statistics, summary_line
@@ -183,14 +185,17 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
             size_limit = parse_size(max_model_size) if max_model_size else options.config.max_model_size
         except ValueError as exc:
             raise ConfigError(f"--max-model-size: {exc}") from None
-        with bar or nullcontext(), model_size_limit(size_limit):
+        options = replace(options, max_model_size=size_limit)
+        with bar or nullcontext():
             say = bar.log if bar else log
             result = run_lint(list(paths), options, progress=say if verbose else None,
                               jobs=jobs or default_jobs(), observer=bar)
     except BnlintError as exc:
         fail(str(exc))
+    from bnlint.report.safe_text import printable
+
     for path, message in result.errors:
-        click.echo(f"bnlint: error: {path}: {message}", err=True)
+        click.echo(f"bnlint: error: {printable(f'{path}: {message}')}", err=True)
     for entry in result.unused_ignores:
         log(f"bnlint: warning: unused {entry.describe()} in {display_path(str(options.config.source))}: "
             "it suppressed no finding", quiet=quiet)

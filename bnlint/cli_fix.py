@@ -1,19 +1,23 @@
-"""`bnlint fix` and `bnlint verify`: rewrite a model for inference, and prove two models equivalent.
+"""`bnlint fix` and `bnlint verify`: rewrite models for inference, and prove two models equivalent.
 
-Imported only when one of the two commands runs (onnxruntime loads only then). Exit codes: 0 ok,
-1 verification failed (nothing written), 2 usage, load or write error, or a model onnxruntime cannot run.
+Imported only when one of the two commands runs. Exit codes: 0 ok, 1 verification failed (nothing
+written), 2 usage, load or write error, or a model onnxruntime cannot run (or that crashed it, hung past
+--verify-timeout or passed --verify-memory). `fix` takes several models (a pre-commit hook passes every
+staged file): each is fixed on its own, an error in one does not stop the others, and the exit code is
+the worst of theirs.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from bnlint.cli import fail, selection_options, torch_input_options
-from bnlint.errors import EXIT_CLEAN, EXIT_FINDINGS, BnlintError
+from bnlint.errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, BnlintError, ConfigError
 
 NO_VERIFY_WARNING = ("bnlint: warning: --no-verify: the rewritten model was NOT run against the original; "
                      "nothing proves it computes the same outputs")
@@ -28,15 +32,39 @@ def verification_options(function):
         click.option("--rtol", type=float, default=None, help="Fixed relative tolerance instead of the default rule."),
         click.option("--atol", type=float, default=None, help="Fixed absolute tolerance instead of the default rule."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input sets."),
+        click.option("--verify-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                     help="Stop a verification run after this many seconds (exit 2); 0: no limit [default: 600]."),
+        click.option("--verify-memory", metavar="SIZE", default=None,
+                     help="Memory cap of a verification run, e.g. 8GiB (exit 2 when passed); 0: none "
+                          "[default: 4GiB + 16 x the tensor bytes of the models]."),
+        click.option("--max-model-size", metavar="SIZE", default=None,
+                     help="Refuse ONNX files larger than SIZE, e.g. 2GiB [default: max-model-size from config, "
+                          "else 16GiB]."),
     ]):
         function = decorator(function)
     return function
 
 
-def _verify_options(dims, inputs_npz, rtol, atol, seed):
-    from bnlint.verify import VerifyOptions, parse_dims
+def _size(value: str | None, option: str, *, zero_means_none: bool = False) -> int | None:
+    from bnlint.config import parse_size
 
-    return VerifyOptions(dims=parse_dims(dims), inputs=inputs_npz, rtol=rtol, atol=atol, seed=seed)
+    if value is None:
+        return None
+    if zero_means_none and value.strip().lower() in ("0", "none"):
+        return 0
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+def _verify_options(dims, inputs_npz, rtol, atol, seed, verify_timeout, verify_memory, max_size):
+    from bnlint.verify import DEFAULT_TIMEOUT, VerifyOptions, parse_dims
+
+    timeout = DEFAULT_TIMEOUT if verify_timeout is None else (verify_timeout or None)
+    return VerifyOptions(dims=parse_dims(dims), inputs=inputs_npz, rtol=rtol, atol=atol, seed=seed, timeout=timeout,
+                         memory=_size(verify_memory, "--verify-memory", zero_means_none=True),
+                         max_model_size=max_size)
 
 
 def default_output(model: str) -> Path:
@@ -46,13 +74,11 @@ def default_output(model: str) -> Path:
     return path.with_name(f"{stem}.fixed.onnx")
 
 
-def _fix_codes(model: str, config_path, select, extend_select, ignore) -> tuple[str, ...]:
-    from bnlint.config import load_config
+def _fix_codes(model: str, config, select, extend_select, ignore) -> tuple[str, ...]:
     from bnlint.fix import FIX_CODES
     from bnlint.registry import all_checks
     from bnlint.selection import Selection, expand, split_codes
 
-    config = load_config(config_path)
     chosen_select = split_codes(select) or config.select
     known = all_checks().keys()
     selection = Selection(tuple(chosen_select), config.extend_select + split_codes(extend_select),
@@ -62,10 +88,10 @@ def _fix_codes(model: str, config_path, select, extend_select, ignore) -> tuple[
 
 
 @click.command()
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("-o", "--output", default=None, metavar="OUT",
-              help="Where to write the fixed model [default: NAME.fixed.onnx beside MODEL].")
-@click.option("--in-place", is_flag=True, help="Replace MODEL itself (atomically, only after verification passed).")
+              help="Where to write the fixed model (one MODEL only) [default: NAME.fixed.onnx beside each MODEL].")
+@click.option("--in-place", is_flag=True, help="Replace each MODEL itself (atomically, only after verification passed).")
 @selection_options
 @click.option("--unsafe-fixes", is_flag=True,
               help="Also apply fixes whose result is not numerically equivalent (bnlint has none today).")
@@ -73,57 +99,113 @@ def _fix_codes(model: str, config_path, select, extend_select, ignore) -> tuple[
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison (prints a warning).")
 @verification_options
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: report on stderr; json: report on stdout.")
+              help="text: report on stderr (a --diff on stdout); json: one JSON document on stdout (an array "
+                   "for several models), with the diff inside for --diff.")
 @click.option("-q", "--quiet", is_flag=True, help="No report on success (errors and failures are still shown).")
 @torch_input_options
-def fix(model, output, in_place, select, extend_select, ignore, config_path, unsafe_fixes, show_diff, no_verify,
-        dims, inputs_npz, rtol, atol, seed, output_format, quiet, input_shapes, input_dtypes, source_root, trust):
-    """Rewrite MODEL for inference: fold BN, remove no-op Dropout, merge BNs, drop cancelled biases, and
+def fix(models, output, in_place, select, extend_select, ignore, config_path, unsafe_fixes, show_diff, no_verify,
+        dims, inputs_npz, rtol, atol, seed, verify_timeout, verify_memory, max_model_size, output_format, quiet,
+        input_shapes, input_dtypes, source_root, trust):
+    """Rewrite MODEL(s) for inference: fold BN, remove no-op Dropout, merge BNs, drop cancelled biases, and
     move ReLU/BN after MaxPool; verify with onnxruntime before writing anything."""
-    started = time.perf_counter()
+    models = list(dict.fromkeys(models))
     if in_place and output:
         fail("give either -o/--output or --in-place, not both")
-    from bnlint.sources import TORCH_ARCHIVE_SUFFIXES, is_torch_factory
+    if output and len(models) > 1:
+        fail(f"-o/--output takes one MODEL, {len(models)} were given; without it each is written to "
+             "NAME.fixed.onnx beside it (or use --in-place)")
+    from bnlint.config import load_config
+    from bnlint.onnx_loader import model_size_limit
+    from bnlint.torch_frontend import TorchOptions
 
-    if (is_torch_factory(model) or model.lower().endswith(TORCH_ARCHIVE_SUFFIXES)) and not output:
-        fail(f"{model}: give -o OUT.onnx; the fixed model of a PyTorch target is an ONNX file")
-    out = Path(model) if in_place else Path(output) if output else default_output(model)
     try:
-        if not in_place and out.exists() and out.resolve() == Path(model).resolve():
-            fail(f"{out}: this is the input model; use --in-place to replace it")
-        codes = _fix_codes(model, config_path, select, extend_select, ignore)
-        if not codes:
-            fail("no fixable rule is selected (fixable: BN003, BN004, BN005, BN008, BN009)")
-        verify_options = None if no_verify else _verify_options(dims, inputs_npz, rtol, atol, seed)
-        from bnlint.torch_frontend import TorchOptions, fix_source
-
+        config = load_config(config_path)
+        size_limit = _size(max_model_size, "--max-model-size") or config.max_model_size
+        verify_options = None if no_verify else _verify_options(dims, inputs_npz, rtol, atol, seed, verify_timeout,
+                                                                verify_memory, size_limit)
         torch_options = TorchOptions.from_cli(input_shapes=input_shapes, input_dtypes=input_dtypes, trust=trust,
                                               source_root=source_root)
-        with fix_source(model, torch_options) as (source, exported):
-            run = _run_fix(source, out, codes, show_diff, verify_options, in_place, started, exported, model)
     except BnlintError as exc:
         fail(str(exc))
-    _report(run, output_format, quiet and run.exit_code == 0)
-    if no_verify and run.written:
-        click.echo(NO_VERIFY_WARNING, err=True)
-    sys.exit(run.exit_code)
+    request = _Request(output, in_place, config, (select, extend_select, ignore), show_diff, verify_options,
+                       torch_options, output_format)
+    single = len(models) == 1
+    reports, worst = [], EXIT_CLEAN
+    with model_size_limit(size_limit):
+        for model in models:
+            try:
+                run = _fix_one(model, request)
+            except BnlintError as exc:
+                if single:
+                    fail(str(exc))
+                _error_line(str(exc))
+                reports.append({"model": model, "exit_code": EXIT_ERROR, "error": str(exc)})
+                worst = max(worst, EXIT_ERROR)
+                continue
+            if output_format == "json":
+                reports.append(run)
+            else:
+                _report_text(run, quiet and run.exit_code == 0)
+            if no_verify and run.written:
+                click.echo(NO_VERIFY_WARNING, err=True)
+            worst = max(worst, run.exit_code)
+    if output_format == "json":
+        _report_json(reports, single)
+    sys.exit(worst)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What every model of one `bnlint fix` command is fixed with."""
+
+    output: str | None
+    in_place: bool
+    config: object  # bnlint.config.Config
+    selection: tuple  # (select, extend_select, ignore) as given on the command line
+    show_diff: bool
+    verify_options: object  # bnlint.verify.VerifyOptions, None with --no-verify
+    torch_options: object  # bnlint.torch_frontend.TorchOptions
+    output_format: str
+
+
+def _fix_one(model: str, request: _Request):
+    """Fix one model; returns its FixRun, raises BnlintError for a usage, load or write error."""
+    from bnlint.sources import TORCH_ARCHIVE_SUFFIXES, is_torch_factory
+    from bnlint.torch_frontend import fix_source
+
+    started = time.perf_counter()
+    if (is_torch_factory(model) or model.lower().endswith(TORCH_ARCHIVE_SUFFIXES)) and not request.output:
+        raise BnlintError(f"{model}: give -o OUT.onnx; the fixed model of a PyTorch target is an ONNX file")
+    out = Path(model) if request.in_place else Path(request.output) if request.output else default_output(model)
+    if not request.in_place and out.exists() and out.resolve() == Path(model).resolve():
+        raise BnlintError(f"{out}: this is the input model; use --in-place to replace it")
+    codes = _fix_codes(model, request.config, *request.selection)
+    if not codes:
+        raise BnlintError("no fixable rule is selected (fixable: BN003, BN004, BN005, BN008, BN009)")
+    with fix_source(model, request.torch_options) as (source, exported):
+        return _run_fix(source, out, codes, request.show_diff, request.verify_options, request.in_place, started,
+                        exported, model, diff_to_stdout=request.output_format != "json")
 
 
 def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_place: bool, started: float,
-             exported=None, shown: str | None = None):
+             exported=None, shown: str | None = None, *, diff_to_stdout: bool = True):
     """`exported` (bnlint.torch_frontend.fixing.TorchExport): `model` is the export of the PyTorch target
     `shown`, and the result is also compared with torch eager outputs."""
     from bnlint.fix import fix_model
     from bnlint.fix.report import FixRun, render_diff
     from bnlint.onnx_loader import load_onnx
     from bnlint.safe_io import check_output_path, prepare_save, too_large, uses_external_data
+    from bnlint.verify import model_footprint
 
     proto = load_onnx(model)
     input_external = uses_external_data(proto)
+    footprint = 2 * model_footprint(proto)  # the original and the rewrite (about the same size)
     outcome = fix_model(proto, model, codes)
     run = FixRun(model=shown or model, outcome=outcome, output=str(out))
     if show_diff:
-        click.echo(render_diff(run), nl=False)
+        run.diff = render_diff(run)
+        if diff_to_stdout:
+            click.echo(run.diff, nl=False)
         run.output = None
         run.seconds = time.perf_counter() - started
         return run
@@ -136,7 +218,8 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
     pending = prepare_save(proto, out, source_path=model, external=input_external or too_large(proto))
     try:
         if verify_options is not None and outcome.changed:
-            run.verification = _verify(model, str(pending.temp_path), verify_options, outcome)
+            run.verification = _verify(model, str(pending.temp_path), verify_options, outcome, footprint,
+                                       shown or model)
             run.verified = run.verification.ok
             if not run.verification.ok:
                 pending.discard()
@@ -166,8 +249,10 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
     return run
 
 
-def _verify(model: str, candidate: str, options, outcome):
-    from bnlint.verify import Checkpoint, VerifyError, compare_models
+def _verify(model: str, candidate: str, options, outcome, footprint: int, shown: str):
+    """compare_models in an isolated child process (a crash, hang or memory bomb is an error, exit 2)."""
+    from bnlint.isolation import IsolationError
+    from bnlint.verify import Checkpoint, VerifyError, compare_isolated
 
     grouped: dict[tuple[str, str], list[str]] = {}
     for change in outcome.changes:
@@ -176,19 +261,36 @@ def _verify(model: str, candidate: str, options, outcome):
             grouped.setdefault(key, []).append(f"{change.code} {change.message}")
     checkpoints = [Checkpoint(" + ".join(labels), first, second) for (first, second), labels in grouped.items()]
     try:
-        return compare_models(model, candidate, options, checkpoints)
+        return compare_isolated(model, candidate, options, checkpoints, footprint=footprint,
+                                label=f"{shown}: verifying the rewrite", cli_hints=True)
+    except IsolationError as exc:
+        raise BnlintError(f"{exc}; nothing was written") from None
     except VerifyError as exc:
         raise VerifyError(f"{exc}; nothing was written (the rewrite cannot be verified here: --no-verify writes "
                           "it unverified)") from None
 
 
-def _report(run, output_format: str, quiet: bool) -> None:
-    from bnlint.fix.report import render_json, render_text
+def _error_line(message: str) -> None:
+    from bnlint.report.safe_text import printable
 
-    if output_format == "json":
-        click.echo(render_json(run), nl=False)
-    elif not quiet:
+    click.echo(f"bnlint: error: {printable(message)}", err=True)
+
+
+def _report_text(run, quiet: bool) -> None:
+    from bnlint.fix.report import render_text
+
+    if not quiet:
         click.echo(render_text(run), nl=False, err=True)
+
+
+def _report_json(reports: list, single: bool) -> None:
+    """One JSON document: the report of the one model, or an array of every model's report."""
+    import json
+
+    from bnlint.fix.report import report_dict
+
+    documents = [report if isinstance(report, dict) else report_dict(report) for report in reports]
+    click.echo(json.dumps(documents[0] if single else documents, indent=2))
 
 
 @click.command()
@@ -196,17 +298,23 @@ def _report(run, output_format: str, quiet: bool) -> None:
 @click.argument("second")
 @verification_options
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def verify(first, second, dims, inputs_npz, rtol, atol, seed, output_format):
+def verify(first, second, dims, inputs_npz, rtol, atol, seed, verify_timeout, verify_memory, max_model_size,
+           output_format):
     """Check that SECOND computes the same outputs as FIRST (e.g. another tool's rewrite of it).
 
     Exit 0 equivalent, 1 different, 2 cannot run."""
     import json
 
-    from bnlint.verify import compare_models, describe
+    from bnlint.config import load_config
+    from bnlint.onnx_loader import model_size_limit
+    from bnlint.verify import compare_isolated, describe
 
     try:
-        options = _verify_options(dims, inputs_npz, rtol, atol, seed)
-        result = compare_models(first, second, options)
+        size_limit = _size(max_model_size, "--max-model-size") or load_config(None).max_model_size
+        options = _verify_options(dims, inputs_npz, rtol, atol, seed, verify_timeout, verify_memory, size_limit)
+        with model_size_limit(size_limit):
+            result = compare_isolated(first, second, options, label=f"{second}: verification against {first}",
+                                      cli_hints=True)
     except BnlintError as exc:
         fail(str(exc))
     if output_format == "json":

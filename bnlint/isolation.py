@@ -4,15 +4,22 @@ onnx's C++ checker and shape inference have segfaulted on crafted models, and an
 memory bomb can take the machine down. `run_isolated(fn, *args, ...)` runs `fn` in a child process with
 an address-space cap (RLIMIT_AS), no core dumps and a wall-clock timeout, and returns its result. A signal,
 a timeout, the memory cap or an exception in the child raises IsolationError (a BnlintError: exit code 2,
-one line naming `label`); a BnlintError raised by `fn` comes back with its message unchanged.
+one line naming `label`); a BnlintError raised by `fn` comes back with its class and message (a
+BnlintError that reports a failed allocation while a cap is set counts as hitting the cap).
 
-The child is forked when this process has a single native thread (fast, and `fn` may be any callable);
-otherwise it starts from a fresh interpreter ("forkserver" on Linux, "spawn" elsewhere), where `fn`, its
-arguments and its result must be picklable (module-level functions, protos, arrays, dataclasses).
+The child is forked when that is safe: on Linux, with no other Python thread running and neither torch nor
+onnxruntime (whose native thread pools may hold locks) imported. A fork costs about 10 ms and `fn` may be
+any callable. Otherwise the child comes from a fork server that has already imported bnlint, numpy and
+onnx (the first task pays about 0.4 s to start it, later ones about 20 ms); "spawn" is used off Linux.
+There `fn`, its arguments and its result must be picklable (module-level functions, protos, arrays,
+dataclasses).
 
     from bnlint.isolation import run_isolated, check_model
     check_model("model.onnx")                                  # onnx.checker, isolated
     result = run_isolated(compare_models, a, b, options, label=f"verifying {b}", timeout=600)
+
+bnlint fix/verify use it through bnlint.verify.compare_isolated (the whole comparison in one child) and
+bnlint.safe_io (the checker on the written file).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,13 +48,15 @@ class IsolationError(BnlintError):
 
 
 def run_isolated(fn: Callable[..., Any], *args, timeout: float | None = DEFAULT_TIMEOUT,
-                 memory_bytes: int | None = DEFAULT_MEMORY_BYTES, label: str | None = None, **kwargs) -> Any:
+                 memory_bytes: int | None = DEFAULT_MEMORY_BYTES, label: str | None = None,
+                 timeout_hint: str | None = None, memory_hint: str | None = None, **kwargs) -> Any:
     """`fn(*args, **kwargs)` in a child process; see the module docstring for what can go wrong.
 
     `memory_bytes` caps the address space the task may add to what the child has at start (None: no
     cap); `timeout` is wall-clock seconds (None: none); `label` names the work in errors (include the
-    model's file name)."""
+    model's file name); the hints say how to raise each limit ("raise it with --verify-timeout")."""
     label = label or getattr(fn, "__qualname__", "isolated task")
+    extra = f"; {memory_hint}" if memory_hint else ""
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(sender, fn, args, kwargs, memory_bytes), daemon=True)
@@ -60,18 +70,19 @@ def run_isolated(fn: Callable[..., Any], *args, timeout: float | None = DEFAULT_
             child.kill()
         child.join()
     if message is None:
-        raise _death(label, child.exitcode)
+        raise _death(label, child.exitcode, f"probably the memory cap{extra}" if memory_bytes is not None
+                     else "out of memory?")
     kind, payload = message
     if kind == "ok":
         return payload
     if kind == "timeout":
-        raise IsolationError(f"{label}: timed out after {timeout:g} s (stopped)", "timeout")
+        later = f"; {timeout_hint}" if timeout_hint else ""
+        raise IsolationError(f"{label}: timed out after {timeout:g} s (stopped{later})", "timeout")
     if kind == "memory":
-        raise IsolationError(f"{label}: ran out of memory (cap {_human(memory_bytes)}; stopped): {payload}",
+        raise IsolationError(f"{label}: ran out of memory (cap {_human(memory_bytes)}{extra}): {payload}",
                              "memory")
     if kind == "bnlint":
-        path, problem, text = payload
-        raise LoadError(path, problem) if path is not None and problem is not None else BnlintError(text)
+        raise _rebuilt(*payload)
     raise IsolationError(f"{label}: failed: {payload}", "error")
 
 
@@ -86,15 +97,31 @@ def _receive(receiver, child, timeout: float | None):
         return None
 
 
-def _death(label: str, exitcode: int | None) -> IsolationError:
+def _death(label: str, exitcode: int | None, memory_note: str) -> IsolationError:
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = " (probably the memory cap)" if -exitcode in (signal.SIGABRT, signal.SIGKILL) else ""
-        return IsolationError(f"{label}: crashed with {name}{hint}; bnlint stopped it and carried on", "crash")
+        # a C++ allocation failure aborts; the kernel's OOM killer sends SIGKILL
+        hint = f" ({memory_note})" if -exitcode in (signal.SIGABRT, signal.SIGKILL) else ""
+        return IsolationError(f"{label}: crashed with {name}{hint} in an isolated process", "crash")
     return IsolationError(f"{label}: the worker process exited with code {exitcode} without a result", "crash")
+
+
+def _rebuilt(module: str, name: str, path, problem, text: str) -> BnlintError:
+    """The child's BnlintError as its own class when bnlint defines it (callers catch VerifyError, ...)."""
+    cls = BnlintError
+    if module.startswith("bnlint.") and "." not in name:
+        found = getattr(sys.modules.get(module), name, None)
+        if isinstance(found, type) and issubclass(found, BnlintError):
+            cls = found
+    if issubclass(cls, LoadError):
+        return cls(path, problem) if path is not None and problem is not None else BnlintError(text)
+    try:
+        return cls(text)
+    except TypeError:  # a subclass with another constructor
+        return BnlintError(text)
 
 
 def _human(size: int | None) -> str:
@@ -105,23 +132,34 @@ def _human(size: int | None) -> str:
 
 # -- the child ---------------------------------------------------------------------------------------------
 def _child_main(sender, fn, args, kwargs, memory_bytes) -> None:
+    import faulthandler
+
+    faulthandler.disable()  # a crash is reported by the parent in one line, not as a stack dump here
     _limit_resources(memory_bytes)
     try:
         message = ("ok", fn(*args, **kwargs))
     except MemoryError as exc:
         message = ("memory", str(exc) or "MemoryError")
     except BnlintError as exc:
-        message = ("bnlint", (getattr(exc, "path", None), getattr(exc, "problem", None), str(exc)))
+        text = str(exc)
+        if memory_bytes is not None and _mentions_memory(text):  # e.g. onnxruntime's failed allocation
+            message = ("memory", text)
+        else:
+            message = ("bnlint", (type(exc).__module__, type(exc).__qualname__, getattr(exc, "path", None),
+                                  getattr(exc, "problem", None), text))
     except BaseException as exc:  # the parent reports it; nothing may escape as a traceback here
         text = _first_line(exc)
-        kind = "memory" if any(word in text.lower() for word in _MEMORY_WORDS) else "error"
-        message = (kind, text)
+        message = ("memory" if _mentions_memory(text) else "error", text)
     try:
         sender.send(message)
     except Exception as exc:  # an unpicklable result
         sender.send(("error", f"the result could not be sent back ({_first_line(exc)})"))
     finally:
         sender.close()
+
+
+def _mentions_memory(text: str) -> bool:
+    return any(word in text.lower() for word in _MEMORY_WORDS)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -163,24 +201,35 @@ def _address_space() -> int:
     return 0
 
 
-def _native_threads() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+# Imported by the fork server before it forks children, so each child starts with them loaded. numpy's
+# OpenBLAS threads are fork-safe (it stops its pool around fork); onnxruntime and torch are not preloaded.
+FORKSERVER_PRELOAD = ("__main__", "bnlint.isolation", "bnlint.onnx_loader", "bnlint.verify")
+_preload_set = False
+
+
+def fork_is_safe() -> bool:
+    """Forking copies only the calling thread: safe unless another thread may hold a lock. Python threads
+    and the native pools of torch and onnxruntime can; numpy's OpenBLAS pool handles fork itself."""
+    return (sys.platform.startswith("linux") and threading.active_count() == 1
+            and "torch" not in sys.modules and "onnxruntime" not in sys.modules)
+
+
+def fresh_context():
+    """A start method that does not copy this process's threads: the fork server on Linux (preloaded
+    with bnlint's heavy imports), spawn elsewhere."""
+    global _preload_set
+    if not sys.platform.startswith("linux"):
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    if not _preload_set:
+        _preload_set = True
+        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # no effect once the server runs
+    return context
 
 
 def _context():
-    """fork when safe (Linux, one native thread), else a fresh interpreter."""
-    if sys.platform.startswith("linux"):
-        if _native_threads() == 1:
-            return multiprocessing.get_context("fork")
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
+    """fork when safe, else a fresh interpreter."""
+    return multiprocessing.get_context("fork") if fork_is_safe() else fresh_context()
 
 
 # -- ready-made isolated tasks -----------------------------------------------------------------------------
@@ -194,11 +243,11 @@ def _check_model_task(path: str, full_check: bool) -> None:
 
 
 def check_model(path: str | os.PathLike, *, full_check: bool = False, timeout: float | None = 300,
-                memory_bytes: int | None = DEFAULT_MEMORY_BYTES) -> None:
+                memory_bytes: int | None = DEFAULT_MEMORY_BYTES, label: str | None = None) -> None:
     """onnx.checker.check_model on a file (external data included), isolated; LoadError when it rejects
-    the model, IsolationError when it crashes or runs away."""
+    the model, IsolationError when it crashes or runs away (`label` names it; default: the path)."""
     run_isolated(_check_model_task, str(path), full_check, timeout=timeout, memory_bytes=memory_bytes,
-                 label=f"{path}: onnx checker")
+                 label=label or f"{path}: onnx checker")
 
 
 def _infer_shapes_task(model_bytes: bytes, path: str) -> bytes:

@@ -12,6 +12,7 @@ from bnlint.engine import lint_model
 from bnlint.errors import BnlintError, LoadError
 from bnlint.findings import Finding, Severity, sort_findings
 from bnlint.ignores import ConfigIgnores, IgnoreEntry
+from bnlint.onnx_loader import model_size_limit
 from bnlint.registry import known_codes
 from bnlint.selection import Selection, expand
 from bnlint.parallel import ordered_map
@@ -27,6 +28,7 @@ class LintOptions:
     config: Config
     pictures: bool = False  # cut a Mermaid picture of each finding's subgraph (Markdown output)
     torch: TorchOptions = field(default_factory=TorchOptions)  # inputs, --trust, --source-root
+    max_model_size: int | None = None  # bytes; None: the loader's default. Travels to worker processes.
 
     @classmethod
     def from_cli(cls, *, config_path=None, select=None, extend_select=(), ignore=(), fail_on: Severity | None = None,
@@ -91,7 +93,8 @@ def lint_target(target: str, options: LintOptions) -> TargetResult:
     """Load and lint one target; a load error is returned, not raised, so other files still run."""
     shown = display_path(target)
     try:
-        model = load_target(target, options.torch)
+        with model_size_limit(options.max_model_size):  # applied here: a fresh worker inherits no state
+            model = load_target(target, options.torch)
     except LoadError as exc:
         return TargetResult(target, shown, error=exc.problem)
     findings = lint_model(model, codes=options.rule_codes(),

@@ -66,10 +66,11 @@ def max_model_size() -> int:
 
 @contextlib.contextmanager
 def model_size_limit(size: int | None):
-    """Apply a model-file size cap (bytes) for the duration of a command; None keeps the current one.
+    """Apply a model-file size cap (bytes) for the duration of a block; None keeps the current one.
 
-    A process-wide setting rather than a parameter threaded through every front end; worker processes
-    forked while it is active inherit it."""
+    A process-wide setting rather than a parameter threaded through every front end. Worker processes
+    started fresh (forkserver, spawn) do not inherit it, so the cap travels in the options of the work
+    (LintOptions.max_model_size, VerifyOptions.max_model_size) and is applied where the loading happens."""
     global _max_model_size
     previous = _max_model_size
     if size is not None:

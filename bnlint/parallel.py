@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -36,12 +35,14 @@ def _guarded(function, on_error, item, args):
 
 def _context():
     """fork is the cheapest start on Linux, but not safe once the parent runs threads (torch's and
-    onnxruntime's thread pools, e.g. when bnlint is used as a library): then a fresh fork server is used.
-    Other platforms keep their safe default (spawn on macOS and Windows)."""
+    onnxruntime's thread pools, e.g. when bnlint is used as a library): then the fork server shared with
+    bnlint.isolation is used. Other platforms keep their safe default (spawn on macOS and Windows).
+    Workers started fresh inherit no process state: whatever they need travels in their arguments."""
     if not sys.platform.startswith("linux"):
         return None
-    threaded = threading.active_count() > 1 or "torch" in sys.modules or "onnxruntime" in sys.modules
-    return multiprocessing.get_context("forkserver" if threaded else "fork")
+    from bnlint.isolation import fork_is_safe, fresh_context
+
+    return multiprocessing.get_context("fork") if fork_is_safe() else fresh_context()
 
 
 def ordered_map(

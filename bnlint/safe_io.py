@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
+from bnlint import isolation
 from bnlint.errors import BnlintError, LoadError
 from bnlint.graph import _attribute_graphs
 from bnlint.onnx_loader import PROTOBUF_LIMIT, iter_all_tensors, load_onnx
@@ -172,9 +173,8 @@ def prepare_save(model: onnx.ModelProto, out_path: str | os.PathLike, *, source_
         for path in (temp_path, data_path):
             if path is not None:
                 path.unlink(missing_ok=True)
-        if isinstance(exc, WriteError):
-            raise
-        if isinstance(exc, (OSError, LoadError, ValueError, onnx.checker.ValidationError)):
+        if isinstance(exc, (OSError, LoadError, WriteError, ValueError, onnx.checker.ValidationError,
+                            isolation.IsolationError)):
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise WriteError(f"{out}: cannot write the model: {detail}") from None
         raise
@@ -296,12 +296,17 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
 
 
 def _check_written(temp_path: Path, model: onnx.ModelProto) -> None:
-    """Re-load what was written (external references validated) and run the ONNX checker on it."""
-    reloaded = load_onnx(temp_path)
+    """Re-load what was written (external references validated) and run the ONNX checker on it, in a
+    child process: the C++ checker has crashed on crafted models, and a crash must not kill bnlint
+    between writing the temporary files and removing them."""
+    reloaded = load_onnx(temp_path, max_size=max(PROTOBUF_LIMIT, temp_path.stat().st_size))
     if len(reloaded.graph.node) != len(model.graph.node) or \
             [o.name for o in reloaded.graph.output] != [o.name for o in model.graph.output]:
-        raise WriteError(f"{temp_path}: the written model differs from the one in memory")
-    onnx.checker.check_model(str(temp_path))
+        raise WriteError("the written model differs from the one in memory")
+    try:
+        isolation.check_model(temp_path, label="the ONNX checker")
+    except LoadError as exc:
+        raise WriteError(exc.problem) from None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -15,10 +15,20 @@ first. A wrong fold of a tiny-variance channel is caught (its channel scale is i
 fold of a huge-scale channel passes (its errors are measured against its own scale), where a fixed atol
 gets one of the two wrong. When no float64 copy can run, a fixed tolerance is used instead and the
 report says so; --rtol/--atol choose a fixed tolerance explicitly.
+
+onnxruntime runs on files from contributors, so the CLI runs the whole comparison in one child process
+(`compare_isolated`, bnlint.isolation) under a wall-clock timeout and an address-space cap (by default
+MEMORY_FLOOR plus MEMORY_FACTOR times the bytes of both models' tensors): a crash, a hang or a memory bomb
+becomes a one-line error (exit 2) instead of a dead or swapping machine.
+
+onnxruntime reads models up to some IR version (13 for 1.31) while onnx writes a newer one by default (14
+for 1.23); sessions run on a copy stamped with the highest IR version onnxruntime reads when the model's
+opsets allow it (the IR version a model needs follows from its opsets, onnx.helper.VERSION_TABLE).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +37,10 @@ import numpy as np
 import onnx
 
 from bnlint.errors import BnlintError
-from bnlint.onnx_loader import load_onnx
+from bnlint.isolation import run_isolated
+from bnlint.onnx_loader import iter_all_tensors, load_onnx, model_size_limit
+from bnlint.report.safe_text import printable
+from bnlint.tensors import tensor_nbytes
 
 K_FACTOR = 8.0
 FLOOR_ULPS = 4.0
@@ -39,6 +52,10 @@ DEFAULT_INT_HIGH = 2
 FALLBACK_TOLERANCE = {"float64": (1e-9, 1e-10), "float32": (1e-4, 1e-5), "float16": (1e-2, 1e-3),
                       "bfloat16": (5e-2, 1e-2)}
 _UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+DEFAULT_TIMEOUT = 600.0  # seconds for one isolated verification run
+LIMIT_HINTS = {"timeout_hint": "raise it with --verify-timeout", "memory_hint": "raise it with --verify-memory"}
+MEMORY_FLOOR = 4 << 30  # address space an isolated verification may add, besides MEMORY_FACTOR x tensor bytes
+MEMORY_FACTOR = 16  # sessions, the float64 reference (2x) and its serialized copies hold several copies
 
 
 class VerifyError(BnlintError):
@@ -53,6 +70,9 @@ class VerifyOptions:
     atol: float | None = None
     seed: int = 0
     runs: int = 3
+    timeout: float | None = DEFAULT_TIMEOUT  # isolated runs only; None: no limit
+    memory: int | None = None  # isolated runs' address-space cap in bytes; None: automatic; 0: no cap
+    max_model_size: int | None = None  # model-file size cap, applied in the child too
 
     @property
     def fixed(self) -> bool:
@@ -108,18 +128,73 @@ def session(model: str | onnx.ModelProto, external_folder: str | None = None):
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: bnlint reports failures itself, in one line
     if external_folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", external_folder)
     source = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types
+        match = _IR_REFUSED.search(str(exc))
+        if match is None:
+            raise
+    lowered = _with_ir_version(model, int(match.group(2)))
+    if isinstance(model, str) and external_folder is None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(Path(model).resolve().parent))
+    return ort.InferenceSession(lowered, options, providers=["CPUExecutionProvider"])
+
+
+_IR_REFUSED = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+_OPSET_COLUMN = {"": 2, "ai.onnx": 2, "ai.onnx.ml": 3, "ai.onnx.training": 4, "ai.onnx.preview.training": 4}
+
+
+def minimum_ir_version(model: onnx.ModelProto) -> int:
+    """The lowest IR version whose release defines every opset the model imports (domains onnx does not
+    version are ignored); a newer opset than onnx knows needs a newer IR than it writes."""
+    needed = 3
+    for opset in model.opset_import:
+        column = _OPSET_COLUMN.get(opset.domain)
+        if column is None:
+            continue
+        irs = [row[1] for row in onnx.helper.VERSION_TABLE if len(row) > column and row[column] >= opset.version]
+        needed = max(needed, min(irs) if irs else onnx.IR_VERSION + 1)
+    return needed
+
+
+def _with_ir_version(model: str | onnx.ModelProto, ir_version: int) -> bytes:
+    """The model serialized with `ir_version` (lower than its own), for onnxruntime only; VerifyError when
+    its opsets need a newer IR. External data is not read (onnxruntime reads it from the model's folder)."""
+    proto = load_onnx(model) if isinstance(model, str) else model
+    needed = minimum_ir_version(proto)
+    if needed > ir_version:
+        import onnxruntime as ort
+
+        opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+        raise VerifyError(f"IR version {proto.ir_version} is newer than onnxruntime {ort.__version__} "
+                          f"reads ({ir_version}), and its opsets ({opsets}) need IR version {needed}")
+    original = proto.ir_version
+    proto.ir_version = ir_version
+    try:
+        return proto.SerializeToString()
+    finally:
+        proto.ir_version = original
+
+
+# onnxruntime's "1 : FAIL : " status prefix, and the C++ source location and function signature it puts
+# before (or inside) a message: "/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...) "
+_ORT_STATUS = re.compile(r"^\d+ : [A-Z_]+ : ")
+_ORT_SOURCE = re.compile(r"\S*onnxruntime_src/\S+:\d+ [^()]*?\([^()]*\)(?: const)? ")
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    for prefix in ("[ONNXRuntimeError] : ",):
-        text = text.replace(prefix, "")
+    text = str(exc).strip().replace("[ONNXRuntimeError] : ", "")
+    text = _ORT_SOURCE.sub("", _ORT_STATUS.sub("", text))
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _mentions_memory(text: str) -> bool:
+    return any(word in text.lower() for word in ("failed to allocate", "bad_alloc", "bad allocation", "out of memory"))
 
 
 def _open(path: str, label: str):
@@ -133,8 +208,10 @@ def _run(sess, feed: dict, label: str, names: Sequence[str] | None = None) -> di
     try:
         outputs = sess.run(list(names) if names else None, feed)
     except Exception as exc:
-        raise VerifyError(f"{label}: onnxruntime failed to run the model: {_first_line(exc)} "
-                          "(set dynamic dimensions with --dim NAME=VALUE, or give real inputs with --inputs)") from None
+        text = _first_line(exc)
+        hint = "" if _mentions_memory(text) else \
+            " (set dynamic dimensions with --dim NAME=VALUE, or give real inputs with --inputs)"
+        raise VerifyError(f"{label}: onnxruntime failed to run the model: {text}{hint}") from None
     wanted = list(names) if names else [o.name for o in sess.get_outputs()]
     return dict(zip(wanted, outputs))
 
@@ -359,6 +436,50 @@ class Comparator:
         if check.violations:
             what = f"atol={atol:g} x channel scale" if scaled else f"atol={atol:g}"
             check.problem = f"{check.violations} value(s) outside rtol={rtol:g}, {what}"
+
+
+# -- isolation ------------------------------------------------------------------------------------
+def model_footprint(model: onnx.ModelProto) -> int:
+    """Bytes of every tensor of the model, inline or external: what each session holds at least."""
+    return sum(tensor_nbytes(tensor) or 0 for tensor, _kind in iter_all_tensors(model))
+
+
+def memory_cap(options: VerifyOptions, footprint: int) -> int | None:
+    """The isolated run's address-space cap: --verify-memory, or MEMORY_FLOOR + MEMORY_FACTOR x footprint."""
+    if options.memory == 0:
+        return None
+    if options.memory is not None:
+        return options.memory
+    return MEMORY_FLOOR + MEMORY_FACTOR * footprint
+
+
+def compare_isolated(first_path: str, second_path: str, options: VerifyOptions,
+                     checkpoints: Sequence[Checkpoint] = (), *, footprint: int | None = None,
+                     label: str | None = None, cli_hints: bool = False) -> VerifyResult:
+    """`compare_models` in one child process under `options.timeout` and `memory_cap`: a crash, a hang or
+    a memory bomb in onnxruntime raises IsolationError (a BnlintError naming `label`) instead of taking
+    bnlint down. `footprint`: the tensor bytes of both models, when the caller has them loaded;
+    `cli_hints`: the errors name the command-line options that raise the limits."""
+    if footprint is None:
+        with model_size_limit(options.max_model_size):
+            footprint = sum(model_footprint(load_onnx(path)) for path in (first_path, second_path))
+    return run_isolated(_compare_task, str(first_path), str(second_path), options, tuple(checkpoints),
+                        timeout=options.timeout, memory_bytes=memory_cap(options, footprint),
+                        label=label or f"{second_path}: verification against {first_path}",
+                        **(LIMIT_HINTS if cli_hints else {}))
+
+
+def _compare_task(first_path: str, second_path: str, options: VerifyOptions, checkpoints) -> VerifyResult:
+    with model_size_limit(options.max_model_size):  # a fresh child does not inherit the parent's cap
+        return compare_models(first_path, second_path, options, checkpoints)
+
+
+def run_model(path: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output of the model at `path` on `feed` (a task for run_isolated); VerifyError on failure."""
+    try:
+        return session(path).run(None, feed)
+    except Exception as exc:  # onnxruntime raises its own types
+        raise VerifyError(f"{path}: onnxruntime failed to run the model: {_first_line(exc)}") from None
 
 
 # -- the comparison of two models -------------------------------------------------------------------
@@ -660,23 +781,23 @@ def render_table(result: VerifyResult) -> str:
 
     rows = [("output", "shape", "dtype", "max abs", "max rel", "err orig", "err new", "limit", "result")]
     for check in result.outputs:
-        rows.append((check.name, "x".join(str(d) for d in check.shape) or "scalar", check.dtype,
+        rows.append((printable(check.name), "x".join(str(d) for d in check.shape) or "scalar", check.dtype,
                      number(check.max_abs), number(check.max_rel), number(check.err_first),
                      number(check.err_second), number(check.limit), "ok" if check.ok else "FAIL"))
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     lines = ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     for check in result.outputs:
         if check.problem:
-            lines.append(f"  {check.name}: {check.problem}")
+            lines.append(printable(f"  {check.name}: {check.problem}"))
     return "\n".join(lines)
 
 
 def describe(result: VerifyResult) -> str:
     head = "equivalent" if result.ok else "NOT equivalent"
     lines = [f"verification: {head} on {result.input_sets} input set(s); {result.mode}", render_table(result)]
-    lines.extend(f"  note: {note}" for note in result.notes)
+    lines.extend(printable(f"  note: {note}") for note in result.notes)
     if result.divergence:
-        lines.append(f"  first rewrite whose local output diverges: {result.divergence}")
+        lines.append(printable(f"  first rewrite whose local output diverges: {result.divergence}"))
     return "\n".join(lines)
 
 

@@ -265,3 +265,57 @@ def test_models_onnxruntime_cannot_run_exit_2_and_suggest_no_verify(model_file, 
     assert "--no-verify writes it unverified" in result.stderr
     assert files(path.parent) == {"model.onnx"}
     assert run_cli("fix", path, "--no-verify").exit_code == 0
+
+
+def test_diff_with_json_is_one_json_document(model_file, run_cli):
+    path = model_file("dropout_opset7")
+    result = run_cli("fix", path, "--diff", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)  # the whole stdout is one document
+    assert report["written"] is False and report["output"] is None
+    assert "@@ BN005: removed Dropout 'Dropout@d'" in report["diff"]
+    assert report["diff"] == run_cli("fix", path, "--diff").stdout
+    assert files(path.parent) == {"model.onnx"}
+    assert json.loads(run_cli("fix", path, "-o", path.with_name("o.onnx"), "--format", "json").stdout)["diff"] is None
+
+
+def test_models_saved_with_onnx_default_ir_version_are_verified(tmp_path, run_cli):
+    """onnx writes a newer IR version than onnxruntime reads; verification runs on a copy with a lower IR
+    version when the opsets allow it, and the written model keeps the input's IR version."""
+    model = load_fixture("conv2d_bn").model()
+    model.ir_version = onnx.IR_VERSION  # what onnx.helper.make_model stamps by default
+    assert model.ir_version >= 14 and model.opset_import[0].version <= 21
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    result = run_cli("fix", path)
+    assert result.exit_code == 0, result.stderr
+    assert "verification: equivalent" in result.stderr
+    fixed = onnx.load(path.with_name("model.fixed.onnx"))
+    assert fixed.ir_version == model.ir_version
+    assert run_cli("verify", path, path.with_name("model.fixed.onnx")).exit_code == 0
+
+
+def test_opsets_that_need_the_newer_ir_version_are_named(tmp_path, run_cli):
+    model = load_fixture("conv2d_bn").model()
+    model.ir_version = 14
+    model.opset_import[0].version = 28  # opset 28 came with IR 14; onnxruntime 1.31 reads IR <= 13
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    result = run_cli("verify", path, path)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "IR version 14 is newer than onnxruntime" in result.stderr
+    assert "opsets (ai.onnx 28) need IR version 14" in result.stderr
+
+
+@pytest.mark.parametrize("opsets, needed", [
+    ({"": 7}, 3), ({"": 13}, 7), ({"": 17}, 8), ({"": 21}, 10), ({"": 25}, 13), ({"": 28}, 14),
+    ({"": 17, "ai.onnx.ml": 5}, 10), ({"": 17, "com.microsoft": 1}, 8), ({"": 17, "ai.onnx.training": 1}, 8),
+])
+def test_minimum_ir_version_follows_the_opsets(opsets, needed):
+    from onnx import helper
+
+    from bnlint.verify import minimum_ir_version
+
+    model = helper.make_model(helper.make_graph([], "g", [], []),
+                              opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets.items()])
+    assert minimum_ir_version(model) == needed

@@ -18,6 +18,7 @@ from conftest import REPO
 from onnx import TensorProto, helper, numpy_helper
 
 import bnlint.safe_io as safe_io
+from bnlint.errors import LoadError
 from bnlint.onnx_loader import load_onnx
 from bnlint.tensors import external_info
 
@@ -116,8 +117,8 @@ def _fail_fsync(fd):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def _fail_checker(*args, **kwargs):
-    raise onnx.checker.ValidationError("injected checker failure")
+def _fail_checker(path, **kwargs):
+    raise LoadError(str(path), "the ONNX checker rejects the model: injected checker failure")
 
 
 def _interrupt(*args, **kwargs):
@@ -132,7 +133,7 @@ def _copy_half_then_fail(source_path, source_dir, tensor, sink):
 @pytest.mark.parametrize("target, replacement", [
     ("os.replace", _fail_replace),          # the final rename
     ("os.fsync", _fail_fsync),              # disk full while flushing the data or the model
-    ("onnx.checker.check_model", _fail_checker),  # the written model does not re-load cleanly
+    ("bnlint.isolation.check_model", _fail_checker),  # the (isolated) ONNX checker rejects the written model
     ("bnlint.safe_io._copy_external", _copy_half_then_fail),  # dies in the middle of the data copy
     ("bnlint.safe_io._check_written", _interrupt),  # Ctrl-C after everything was written, before the rename
 ])

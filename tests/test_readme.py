@@ -20,6 +20,7 @@ def test_readme_opens_with_two_commands():
 
 def test_rule_table_matches_rule_files():
     for doc in all_rule_docs().values():
-        row = next((line for line in README.splitlines() if line.startswith(f"| {doc.id} |")), None)
+        row = next((line for line in README.splitlines()
+                    if line.startswith(f'| <a id="{doc.id.lower()}"></a>{doc.id} |')), None)
         assert row is not None, f"{doc.id} missing from the README rule table"
         assert f"`{doc.slug}`" in row and doc.title in row and doc.severity.value in row

@@ -1,4 +1,8 @@
-"""The fix report as text (stderr), JSON (stdout, for machines) and a diff of what would change."""
+"""The fix report as text (stderr), JSON (stdout, for machines) and a diff of what would change.
+
+Text output escapes control characters in names taken from the model (bnlint.report.safe_text); JSON
+keeps names exact (json escapes control characters itself).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 from dataclasses import dataclass
 
 from bnlint.fix.pipeline import FixOutcome
+from bnlint.report.safe_text import printable
 
 
 @dataclass
@@ -22,6 +27,7 @@ class FixRun:
     seconds: float = 0.0
     exit_code: int = 0
     message: str | None = None
+    diff: str | None = None  # render_diff text, for --diff
 
 
 def _size(count: int) -> str:
@@ -64,7 +70,7 @@ def render_text(run: FixRun) -> str:
     if run.verification is not None:
         from bnlint.verify import describe
 
-        lines.append(describe(run.verification))
+        lines.extend(describe(run.verification).split("\n"))  # already printable
     if run.message:
         lines.append(run.message)
     if run.written:
@@ -72,10 +78,15 @@ def render_text(run: FixRun) -> str:
         lines.append(f"wrote {run.output}{data} in {run.seconds:.2f}s")
     else:
         lines.append(f"wrote nothing ({run.seconds:.2f}s)")
-    return "\n".join(lines) + "\n"
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def render_json(run: FixRun) -> str:
+    return json.dumps(report_dict(run), indent=2) + "\n"
+
+
+def report_dict(run: FixRun) -> dict:
+    """The JSON report of one run (`diff` holds the --diff text, else null)."""
     outcome = run.outcome
     data = {
         "model": run.model,
@@ -94,9 +105,10 @@ def render_json(run: FixRun) -> str:
         "verified": run.verified,
         "verification": run.verification.to_dict() if run.verification is not None else None,
         "message": run.message,
+        "diff": run.diff,
         "seconds": round(run.seconds, 4),
     }
-    return json.dumps(data, indent=2) + "\n"
+    return data
 
 
 def render_diff(run: FixRun) -> str:
@@ -111,4 +123,4 @@ def render_diff(run: FixRun) -> str:
         lines.extend(f"   note: {note}" for note in change.notes)
     if not outcome.changes:
         lines.append("(no changes)")
-    return "\n".join(lines) + "\n"
+    return "".join(printable(line) + "\n" for line in lines)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from bnlint.findings import Finding, Severity
 from bnlint.fingerprints import artifact_path, relative_to_root, source_path
+from bnlint.report.safe_text import printable
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
+_CRLF = "\r\n"
 
 
 def escape_data(text: str) -> str:
@@ -23,8 +25,12 @@ def escape_property(text: str) -> str:
 
 
 def _command(kind: str, properties: dict[str, object], message: str) -> str:
-    props = ",".join(f"{key}={escape_property(str(value))}" for key, value in properties.items() if value is not None)
-    return f"::{kind} {props}::{escape_data(message)}" if props else f"::{kind}::{escape_data(message)}"
+    """Control characters other than CR and LF (which GitHub's own escaping encodes) are written as
+    `\x1b`-style escapes: job logs render ANSI sequences, so a node name must not carry one."""
+    props = ",".join(f"{key}={escape_property(printable(str(value), keep=_CRLF))}"
+                     for key, value in properties.items() if value is not None)
+    data = escape_data(printable(message, keep=_CRLF))
+    return f"::{kind} {props}::{data}" if props else f"::{kind}::{data}"
 
 
 def annotation(finding: Finding, root: Path, source_root: str | None = None) -> str:

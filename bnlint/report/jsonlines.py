@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bnlint.findings import Finding
 from bnlint.fingerprints import unique_fingerprints
+from bnlint.report.safe_text import json_text
 
 
 def render_json_lines(findings: list[Finding], *, root: Path) -> str:
@@ -15,5 +16,5 @@ def render_json_lines(findings: list[Finding], *, root: Path) -> str:
     for finding, fingerprint in zip(findings, unique_fingerprints(findings, root)):
         record = finding.to_dict()
         record["fingerprint"] = fingerprint
-        lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        lines.append(json_text(json.dumps(record, ensure_ascii=False, separators=(",", ":"))))
     return "".join(line + "\n" for line in lines)

@@ -17,6 +17,7 @@ from bnlint.findings import Finding, Severity
 from bnlint.pictures import Picture, PictureKey, picture_key
 from bnlint.report.links import rule_url
 from bnlint.report.mermaid import mermaid_block
+from bnlint.report.safe_text import printable
 from bnlint.ruledocs import RuleDoc, rule_doc
 
 MAX_TABLE_ROWS = 500
@@ -30,7 +31,8 @@ _CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 
 
 def code(text: str) -> str:
-    """`text` as an inline code span, whatever backticks it contains."""
+    """`text` as an inline code span, whatever backticks it contains (control characters escaped)."""
+    text = printable(text, keep="\r\n").replace("\r", " ").replace("\n", " ")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
@@ -38,7 +40,9 @@ def code(text: str) -> str:
 
 
 def escape(text: str) -> str:
-    """Prose safe in Markdown: syntax characters escaped, `code spans` written by rule authors kept."""
+    """Prose safe in Markdown: syntax characters escaped, `code spans` written by rule authors kept,
+    control characters written as escapes (line breaks become spaces)."""
+    text = printable(text, keep="\r\n")
     out, last = [], 0
     for match in _CODE_SPAN.finditer(text):
         out.append(_SPECIAL.sub(r"\\\g<0>", text[last:match.start()]))

@@ -7,6 +7,7 @@ a Mermaid entity code (`#quot;`, `#60;`, ...), so a node named `a"b<c>` cannot b
 from __future__ import annotations
 
 from bnlint.pictures import CONTEXT, FINDING, INPUT, OUTPUT, RELATED, Picture
+from bnlint.report.safe_text import printable
 
 _ENTITIES = {"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "`": "#96;", "&": "#amp;", "|": "#124;",
              "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "\n": " ", "\r": " "}
@@ -21,8 +22,8 @@ CLASS_DEFS = (
 
 
 def escape_label(text: str) -> str:
-    """Text safe inside a quoted Mermaid label."""
-    return "".join(_ENTITIES.get(ch, ch) for ch in text)
+    """Text safe inside a quoted Mermaid label (control characters escaped, line breaks as spaces)."""
+    return "".join(_ENTITIES.get(ch, ch) for ch in printable(text, keep="\r\n"))
 
 
 def _shape(node) -> str:

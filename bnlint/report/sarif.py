@@ -22,6 +22,7 @@ from bnlint.report.links import HOMEPAGE, rule_url
 from bnlint.report.markdown import render_rule_markdown
 from bnlint.report.ruledoc_text import render_rule_text
 from bnlint.ruledocs import RuleDoc, all_rule_docs
+from bnlint.report.safe_text import json_text
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 SRCROOT = "%SRCROOT%"
@@ -152,4 +153,4 @@ def render_sarif(findings: list[Finding], errors: list[tuple[str, str]], *, root
         "results": [_result(f, fp, rule_index, root, source_root) for f, fp in zip(findings, fingerprints)],
     }
     document = {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return json_text(json.dumps(document, indent=2, ensure_ascii=False)) + "\n"

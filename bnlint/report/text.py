@@ -1,4 +1,7 @@
-"""Human-readable output: `full` (with evidence and citations) and `concise` (one line per finding)."""
+"""Human-readable output: `full` (with evidence and citations) and `concise` (one line per finding).
+
+Names from the model pass through `printable`, so a hostile node name cannot drive the terminal.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 import click
 
 from bnlint.findings import Finding, Severity
+from bnlint.report.safe_text import printable
 from bnlint.ruledocs import rule_doc
 
 _SEVERITY_COLOR = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
@@ -24,8 +28,8 @@ def location_text(finding: Finding) -> str:
     """`src/net.py:12` when the Python source is known, else `model.onnx:main/bn1`."""
     loc = finding.location
     if loc.source:
-        return loc.source
-    return f"{loc.file}:{loc.graph}/{loc.node}"
+        return printable(loc.source)
+    return printable(f"{loc.file}:{loc.graph}/{loc.node}")
 
 
 def headline(finding: Finding, color: bool) -> str:
@@ -33,7 +37,7 @@ def headline(finding: Finding, color: bool) -> str:
     code = _style(finding.code, color, fg=_SEVERITY_COLOR[sev], bold=True)
     where = _style(location_text(finding), color, bold=True)
     tag = " [contested]" if "contested" in finding.tags else ""
-    return f"{where}: {code} [{sev.value}]{tag} {finding.message}"
+    return f"{where}: {code} [{sev.value}]{tag} {printable(finding.message)}"
 
 
 def render_concise(findings: list[Finding], *, color: bool = False) -> str:
@@ -63,7 +67,7 @@ def source_snippet(finding: Finding, source_root: str | None, cache: dict) -> li
         return []
     number = str(loc.source_line)
     gutter = " " * len(number)
-    code = text[loc.source_line - 1].expandtabs(4).rstrip()
+    code = printable(text[loc.source_line - 1].expandtabs(4).rstrip())
     if len(code) > WIDTH:
         code = code[:WIDTH - 1] + "…"
     return [f"{gutter} |", f"{number} | {code}", f"{gutter} |"]
@@ -81,7 +85,7 @@ def render_full(findings: list[Finding], *, color: bool = False, source_root: st
             node_line += f", module {loc.module}" + (f" ({loc.module_class})" if loc.module_class else "")
         elif loc.module_class:
             node_line += f", in {loc.module_class}.forward"
-        lines.append(_style(node_line, color, dim=True))
+        lines.append(_style(printable(node_line), color, dim=True))
         lines += source_snippet(finding, source_root, sources)
         doc = rule_doc(finding.code)
         if doc is not None:

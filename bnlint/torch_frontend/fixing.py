@@ -123,18 +123,20 @@ def _finish(target, onnx_program, module, args, kwargs, folder) -> TorchExport:
 
 def check_against_eager(candidate: str, exported: TorchExport, verify_options) -> list:
     """OutputChecks of the rewritten model against torch eager outputs on the example inputs."""
+    from bnlint.isolation import run_isolated
     from bnlint.onnx_loader import load_onnx
-    from bnlint.verify import Comparator, VerifyError, feedable_inputs, session
+    from bnlint.verify import (LIMIT_HINTS, Comparator, VerifyError, feedable_inputs, memory_cap, model_footprint,
+                               run_model)
 
     model = load_onnx(candidate)
     inputs = [value.name for value in feedable_inputs(model)]
     arrays = [t.detach().cpu().numpy() for t in _flatten(list(exported.args) + list(exported.kwargs.values()))]
     if len(arrays) != len(inputs):
         raise VerifyError(f"{candidate}: {len(inputs)} model input(s) but {len(arrays)} example tensor(s)")
-    try:
-        values = session(candidate).run(None, dict(zip(inputs, arrays)))
-    except Exception as exc:  # onnxruntime raises its own types
-        raise VerifyError(f"{candidate}: onnxruntime failed on the example inputs: {str(exc).strip()[:300]}") from None
+    # onnxruntime runs in a child process (crash, hang and memory cap as for the ONNX comparison)
+    values = run_isolated(run_model, candidate, dict(zip(inputs, arrays)), timeout=verify_options.timeout,
+                          memory_bytes=memory_cap(verify_options, model_footprint(model)),
+                          label="comparing the rewrite with torch eager", **LIMIT_HINTS)
     outputs = dict(zip((o.name for o in model.graph.output), values))
     names = [o.name for o in model.graph.output]
     if len(names) != len(exported.eager):
