@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 try:
@@ -97,6 +97,10 @@ class RuleDoc:
         return "contested" in self.tags
 
     def citation_refs(self) -> tuple[CitationRef, ...]:
+        return self._citation_refs
+
+    @cached_property
+    def _citation_refs(self) -> tuple[CitationRef, ...]:
         return tuple(c.ref() for c in self.citations)
 
     def to_dict(self) -> dict:
