@@ -17,7 +17,7 @@ from bnlint.fix.result import Change, Checkpoint, Kept, PassResult
 from bnlint.foldable import consumers_reason
 from bnlint.graph import Node
 from bnlint.patterns import bias_site, layer_kind
-from bnlint.semantics import BatchNorm, batchnorm
+from bnlint.semantics import BatchNorm
 
 CODE = "BN003"
 TITLE = "remove bias cancelled by BN"
@@ -25,10 +25,7 @@ TITLE = "remove bias cancelled by BN"
 
 def run(live: LiveGraph) -> PassResult:
     result = PassResult(CODE, TITLE)
-    for node in live.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
-        if bn is None or not live.alive(node):
-            continue
+    for node, bn in live.batchnorms():
         site = bias_site(bn)
         if site is None:
             continue

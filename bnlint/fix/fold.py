@@ -19,7 +19,6 @@ from bnlint.fix.numeric import CastRefused, CastStats, cast_checked, dtype_name,
 from bnlint.fix.result import Change, Checkpoint, Kept, PassResult
 from bnlint.foldable import Affine, FoldTarget, fold_target
 from bnlint.graph import Node
-from bnlint.semantics import batchnorm
 
 CODE = "BN004"
 TITLE = "fold BN into the preceding layer"
@@ -27,10 +26,7 @@ TITLE = "fold BN into the preceding layer"
 
 def run(live: LiveGraph) -> PassResult:
     result = PassResult(CODE, TITLE)
-    for node in live.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
-        if bn is None or not live.alive(node):
-            continue
+    for node, bn in live.batchnorms():
         target = fold_target(bn)
         if not isinstance(target, FoldTarget):
             result.kept.append(Kept(CODE, live.path, node.label, node.op_type,

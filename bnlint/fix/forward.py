@@ -21,7 +21,7 @@ from bnlint.fix.result import Change, Checkpoint, Kept, PassResult
 from bnlint.foldable import Affine, inference_affine
 from bnlint.graph import Node
 from bnlint.ops import value_rank
-from bnlint.semantics import BatchNorm, batchnorm
+from bnlint.semantics import BatchNorm
 
 CODE = "BN004"
 TITLE = "fold BN forward into the next layer"
@@ -31,10 +31,7 @@ INTO = ("Conv", "Gemm", "MatMul")
 def run(live: LiveGraph) -> PassResult:
     """Fold forward every BN still there after the backward folds (those could not fold backwards)."""
     result = PassResult(CODE, TITLE)
-    for node in live.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
-        if bn is None or not live.alive(node):
-            continue
+    for node, bn in live.batchnorms():
         try:
             result.changes.append(_fold_forward(live, bn))
         except FoldRefused as refused:

@@ -11,13 +11,14 @@ fields of the nodes they touch in place. The node list itself is rebuilt once, i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import count
 
 import numpy as np
 import onnx
 
 from bnlint.graph import Graph, Node, _attribute_graphs
+from bnlint.semantics import BatchNorm, batchnorm
 from bnlint.tensors import tensor_nbytes
 
 
@@ -204,6 +205,12 @@ class LiveGraph(Graph):
         found.update((id(n), n) for n in (*self.added, *self._retyped))
         chosen = [n for n in found.values() if n.is_op(*op_types) and self.alive(n)]
         return sorted(chosen, key=self.rank)
+
+    def batchnorms(self) -> Iterator[tuple[Node, BatchNorm]]:
+        """Each BN of the graph with its view, skipping BNs an earlier step of the same pass removed."""
+        for node in self.nodes_of("BatchNormalization"):
+            if self.alive(node):
+                yield node, batchnorm(node)
 
     def op_types(self) -> set[str]:
         present = {op for op, positions in self._op_index.items()

@@ -14,7 +14,7 @@ from bnlint.fix.live import LiveGraph, constant_type
 from bnlint.fix.numeric import CastRefused, CastStats, cast_checked, dtype_name
 from bnlint.fix.result import Change, Checkpoint, Kept, PassResult
 from bnlint.foldable import consumers_reason, inference_affine
-from bnlint.semantics import BatchNorm, batchnorm
+from bnlint.semantics import BatchNorm
 from bnlint.patterns import preceding_bn
 
 CODE = "BN008"
@@ -23,10 +23,7 @@ TITLE = "merge consecutive BNs"
 
 def run(live: LiveGraph) -> PassResult:
     result = PassResult(CODE, TITLE)
-    for node in live.nodes_of("BatchNormalization"):
-        second = batchnorm(node)
-        if second is None or not live.alive(node):
-            continue
+    for node, second in live.batchnorms():
         found = preceding_bn(second)
         if found is None:
             continue
