@@ -73,10 +73,29 @@ def source_snippet(finding: Finding, source_root: str | None, cache: dict) -> li
     return [f"{gutter} |", f"{number} | {code}", f"{gutter} |"]
 
 
+def rule_help(code: str) -> list[str]:
+    """The lines under a finding that come from its rule (rationale, citations, fix): the same for every
+    finding of a code, so they are wrapped once per code, not once per finding."""
+    doc = rule_doc(code)
+    if doc is None:
+        return []
+    lines = _wrapped("   = why: ", doc.summary)
+    for citation in doc.citations:
+        label = {"for": "for", "against": "against", "context": "see"}[citation.stance]
+        lines += _wrapped(f"   = {label}: ",
+                          f"{citation.short_authors} {citation.year}, {citation.section}: {citation.claim} "
+                          f"<{citation.link}>")
+    if doc.fix_available:
+        lines.append(f"   = fix: `bnlint fix` ({doc.fix_safety})")
+    lines.append(f"   = docs: bnlint rule {code}")
+    return lines
+
+
 def render_full(findings: list[Finding], *, color: bool = False, source_root: str | None = None) -> str:
     """Each finding with its node, the Python line it points to (when the file exists), and its rule."""
     blocks = []
     sources: dict = {}
+    helps: dict[str, list[str]] = {}
     for finding in findings:
         loc = finding.location
         lines = [headline(finding, color)]
@@ -87,17 +106,9 @@ def render_full(findings: list[Finding], *, color: bool = False, source_root: st
             node_line += f", in {loc.module_class}.forward"
         lines.append(_style(printable(node_line), color, dim=True))
         lines += source_snippet(finding, source_root, sources)
-        doc = rule_doc(finding.code)
-        if doc is not None:
-            lines += _wrapped("   = why: ", doc.summary)
-            for citation in doc.citations:
-                label = {"for": "for", "against": "against", "context": "see"}[citation.stance]
-                lines += _wrapped(f"   = {label}: ",
-                                  f"{citation.short_authors} {citation.year}, {citation.section}: {citation.claim} "
-                                  f"<{citation.link}>")
-            if doc.fix_available:
-                lines.append(f"   = fix: `bnlint fix` ({doc.fix_safety})")
-            lines.append(f"   = docs: bnlint rule {finding.code}")
+        if finding.code not in helps:
+            helps[finding.code] = rule_help(finding.code)
+        lines += helps[finding.code]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
