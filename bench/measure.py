@@ -1,7 +1,7 @@
 """Run measurements in child processes: timings, peak RSS (wait4's ru_maxrss of that one child), limits.
 
 A cell is one step on one model. In-process cells run in one child (imports first, then up to N timed
-runs); whole-process cells start a fresh child per run and time it from outside. A run slower than
+runs; the cell's peak RSS is the child's peak after its first run, i.e. one call); whole-process cells start a fresh child per run and time it from outside. A run slower than
 `kill_after` is killed and the cell reads "skipped: too slow"; a cell stops repeating once the next run
 would take it past `cap` seconds (always at least one run), and says how many runs it got.
 """
@@ -114,6 +114,11 @@ def run_in_process(step: str, model: Path, out_dir: Path, *, runs: int, kill_aft
         os.unlink(err_path)
     if cell.times_s and cell.extra.get("read_bytes") is not None:
         cell.read_mb = min(cell.extra.pop("read_bytes")) / 1e6
+    if cell.times_s and cell.extra.get("rss_after_run_mb"):
+        # Peak RSS of one invocation: the child's peak after its first run (imports + one run). The child's
+        # peak over all runs is kept too: when it is much higher, the step retains memory between calls.
+        cell.extra["peak_rss_all_runs_mb"] = cell.peak_rss_mb
+        cell.peak_rss_mb = cell.extra["rss_after_run_mb"][0]
     return cell
 
 
@@ -142,6 +147,7 @@ def _stream(process: subprocess.Popen, cell: Cell, kill_after: float, start_time
             elif kind == "run":
                 cell.times_s.append(event["seconds"])
                 cell.extra.setdefault("read_bytes", []).append(event["read_bytes"])
+                cell.extra.setdefault("rss_after_run_mb", []).append(event["rss_mb"])
                 deadline = time.monotonic() + kill_after
             elif kind == "error":
                 cell.status, cell.reason = _classify(event["message"])

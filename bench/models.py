@@ -1,9 +1,9 @@
-"""Build the bench models: Conv+BN+ReLU chains at any depth or width, in one file or with external data.
+"""The bench models: what they are (ModelSpec), where they live (a cache folder), and their files.
 
-Nothing is downloaded: every model is generated from a seed and written once into a cache folder, keyed by
-its spec, so a second bench run starts measuring at once. The weights are chosen so that outputs stay O(1)
-through 100,000 blocks (near-identity Conv kernels, near-identity BN), which keeps "max abs error" of a
-rewritten model meaningful; the time taken by every tool does not depend on the values.
+Nothing is downloaded: every model is generated from a seed by build_models.py and written once into the
+cache, keyed by its spec, so a second bench run starts measuring at once. Building runs in a child process
+and this module imports neither numpy nor onnx: the bench's own process must stay small, because Linux
+charges a child's peak RSS (`ru_maxrss`) with its parent's peak at the time of fork+exec.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper
-
 SPEC_VERSION = 1  # bump when the generated models change, so stale caches are rebuilt
-OPSET = 17
+BUILDER = Path(__file__).resolve().parent / "build_models.py"
 
 
 @dataclass(frozen=True)
@@ -42,128 +40,40 @@ class ModelSpec:
         per_block = self.channels * self.channels * 9 + 5 * self.channels  # conv W + B, BN scale/bias/mean/var
         return 4 * per_block * self.blocks
 
+    def folder(self, cache: Path) -> Path:
+        return cache / f"{self.name}-v{SPEC_VERSION}"
 
-def _near_identity_kernel(channels: int, rng: np.random.Generator, noise: float) -> np.ndarray:
-    kernel = rng.normal(0.0, noise, size=(channels, channels, 3, 3)).astype(np.float32)
-    kernel[np.arange(channels), np.arange(channels), 1, 1] += 1.0
-    return kernel
-
-
-def _bn_params(channels: int, rng: np.random.Generator) -> list[np.ndarray]:
-    scale = 1.0 + rng.normal(0, 0.01, channels)
-    bias = rng.normal(0, 0.01, channels)
-    mean = rng.normal(0, 0.01, channels)
-    var = 1.0 + rng.uniform(0, 0.02, channels)
-    return [a.astype(np.float32) for a in (scale, bias, mean, var)]
+    def stamp(self) -> str:
+        return json.dumps({**asdict(self), "version": SPEC_VERSION}, sort_keys=True)
 
 
-def _tensor(name: str, array: np.ndarray) -> TensorProto:
-    return helper.make_tensor(name, TensorProto.FLOAT, array.shape, array.tobytes(), raw=True)
-
-
-def _blocks(spec: ModelSpec, seed: int):
-    """Yield (nodes, [(name, array)]) for each Conv+BN+Relu block, chained from `input` to `output`."""
-    rng = np.random.default_rng(seed)
-    c = spec.channels
-    # Wide kernels share one random noise pattern: generating GBs of random numbers would dominate the build.
-    shared_noise = rng.normal(0.0, 0.01 / c, size=(c, c, 3, 3)).astype(np.float32) if c > 64 else None
-    x = "input"
-    for i in range(spec.blocks):
-        if shared_noise is not None:
-            kernel = shared_noise.copy()
-            kernel[np.arange(c), np.arange(c), 1, 1] += 1.0
-        else:
-            kernel = _near_identity_kernel(c, rng, 0.01 / c)
-        conv_bias = rng.normal(0, 0.01, c).astype(np.float32)
-        names = [f"conv{i}.w", f"conv{i}.b", f"bn{i}.scale", f"bn{i}.bias", f"bn{i}.mean", f"bn{i}.var"]
-        y = "output" if i == spec.blocks - 1 else f"r{i}"
-        nodes = [
-            helper.make_node("Conv", [x, names[0], names[1]], [f"c{i}"], name=f"conv{i}",
-                             kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-            helper.make_node("BatchNormalization", [f"c{i}", *names[2:]], [f"b{i}"], name=f"bn{i}", epsilon=1e-5),
-            helper.make_node("Relu", [f"b{i}"], [y], name=f"relu{i}"),
-        ]
-        yield nodes, list(zip(names, [kernel, conv_bias, *_bn_params(c, rng)]))
-        x = y
-
-
-def _assemble(spec: ModelSpec, nodes, inits) -> onnx.ModelProto:
-    shape = [1, spec.channels, spec.size, spec.size]
-    graph = helper.make_graph(
-        nodes, spec.name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bnlint-bench")
-    model.ir_version = 8
-    return model
-
-
-def build_proto(spec: ModelSpec, seed: int = 0) -> onnx.ModelProto:
-    """The model as one ModelProto with all weights inline."""
-    nodes, inits = [], []
-    for block_nodes, arrays in _blocks(spec, seed):
-        nodes.extend(block_nodes)
-        inits.extend(_tensor(name, array) for name, array in arrays)
-    return _assemble(spec, nodes, inits)
-
-
-def _build_external(spec: ModelSpec, path: Path, seed: int) -> None:
-    """Write weights to `<file>.data` block by block as they are made: never one >2 GB protobuf in memory."""
-    data_name = path.name + ".data"
-    offset = 0
-    nodes, inits = [], []
-    with open(path.parent / data_name, "wb") as data:
-        for block_nodes, arrays in _blocks(spec, seed):
-            nodes.extend(block_nodes)
-            for name, array in arrays:
-                raw = array.tobytes()
-                pad = (-offset) % 4096 if len(raw) >= 4096 else 0  # page-aligned big tensors, as onnx.save does
-                data.write(b"\0" * pad)
-                offset += pad
-                data.write(raw)
-                tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape,
-                                     data_location=TensorProto.EXTERNAL)
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-                inits.append(tensor)
-                offset += len(raw)
-    path.write_bytes(_assemble(spec, nodes, inits).SerializeToString())
+def _build(args: list[str]) -> None:
+    subprocess.run([sys.executable, str(BUILDER), *args], check=True)
 
 
 def ensure_model(spec: ModelSpec, cache: Path) -> Path:
     """The path of the model for `spec`, built into `cache` unless an identical build is already there."""
-    folder = cache / f"{spec.name}-v{SPEC_VERSION}"
+    folder = spec.folder(cache)
     path = folder / f"{spec.name}.onnx"
     stamp = folder / "spec.json"
-    wanted = json.dumps({**asdict(spec), "version": SPEC_VERSION}, sort_keys=True)
-    if path.exists() and stamp.exists() and stamp.read_text() == wanted:
+    if path.exists() and stamp.exists() and stamp.read_text() == spec.stamp():
         return path
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    if spec.external:
-        _build_external(spec, path, seed=0)
-    else:
-        onnx.save(build_proto(spec), path)
-    stamp.write_text(wanted)
+    _build(["model", spec.stamp(), str(path)])
+    stamp.write_text(spec.stamp())
     return path
 
 
 def ensure_folder(cache: Path, count: int, blocks: int = 8, channels: int = 4) -> Path:
-    """A folder of `count` small models (a few distinct seeds, copied) for folder mode."""
+    """A folder of `count` small models (8 distinct seeds, copied) for folder mode."""
     folder = cache / f"folder-{count}x{blocks}-v{SPEC_VERSION}"
     stamp = folder / ".complete"
     if stamp.exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    variants = [build_proto(ModelSpec(f"small{s}", blocks, channels), seed=s).SerializeToString() for s in range(8)]
-    for i in range(count):
-        sub = folder / f"group{i // 100:02d}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"model{i:04d}.onnx").write_bytes(variants[i % len(variants)])
+    _build(["folder", str(folder), str(count), str(blocks), str(channels)])
     stamp.write_text(str(count))
     return folder
 

@@ -77,8 +77,9 @@ def log(message: str) -> None:
 
 
 class Bench:
-    def __init__(self, plan: Plan, cache: Path, work: Path):
+    def __init__(self, plan: Plan, cache: Path, work: Path, only: set[str] | None = None):
         self.plan = plan
+        self.only = only  # measure only these models (names as in the tables, "folder" for folder mode)
         self.cache = cache
         self.work = work
         self.started = time.monotonic()
@@ -99,6 +100,13 @@ class Bench:
     def limit(self, own: bool) -> float:
         base = self.plan.own_limit if own else self.plan.peer_limit
         return max(5.0, min(base, self.remaining() + 30))
+
+    def budget_cut(self, cell: Cell, own: bool) -> Cell:
+        """A run killed early because the budget ran out is not "too slow": say what happened."""
+        base = self.plan.own_limit if own else self.plan.peer_limit
+        if cell.status == "skipped" and cell.reason.startswith("too slow") and self.limit(own) < base:
+            cell.reason = f"bench time budget ({self.plan.budget / 60:.0f} min) ran out during this cell"
+        return cell
 
     def hopeless(self, key: str, own: bool) -> str | None:
         """Why a cell of the depth series need not run: it was too slow on a shallower model, or would be
@@ -132,9 +140,9 @@ class Bench:
             return cell
         out_dir = self.work / "out"
         shutil.rmtree(out_dir, ignore_errors=True)
-        cell = run_in_process(name, model, out_dir, runs=self.plan.runs, kill_after=self.limit(own),
-                              cap=self.plan.cell_cap, external=external, keep_output=keep is not None,
-                              rewritten=rewritten)
+        cell = self.budget_cut(run_in_process(name, model, out_dir, runs=self.plan.runs, kill_after=self.limit(own),
+                                              cap=self.plan.cell_cap, external=external,
+                                              keep_output=keep is not None, rewritten=rewritten), own)
         if keep is not None:
             shutil.rmtree(keep, ignore_errors=True)
             if cell.ok and (out_dir / "out.onnx").exists():
@@ -142,7 +150,16 @@ class Bench:
         shutil.rmtree(out_dir, ignore_errors=True)
         log(f"  {name:<26} {cell.describe()}" + (f"  peak RSS {cell.peak_rss_mb:,.0f} MB" if cell.ok else ""))
         self.remember(name, cell)
+        self.note_retention(name, model, cell)
         return cell
+
+    def note_retention(self, name: str, model: Path, cell: Cell) -> None:
+        """Repeated in-process calls that keep growing the peak RSS hold memory from one call to the next."""
+        all_runs = cell.extra.get("peak_rss_all_runs_mb")
+        if cell.ok and all_runs and len(cell.times_s) > 1 and all_runs > 1.3 * cell.peak_rss_mb + 100:
+            self.results["notes"].append(
+                f"{name} on {model.stem}: peak RSS {cell.peak_rss_mb:,.0f} MB after one call, {all_runs:,.0f} MB "
+                f"after {len(cell.times_s)} calls in the same process (memory kept between calls)")
 
     def whole(self, label: str, argv: list[str], cwd: Path, *, own: bool = True) -> Cell:
         skipped = self.over_budget()
@@ -151,8 +168,8 @@ class Bench:
             cell = skipped or Cell("skipped", hopeless, runs_wanted=self.plan.runs)
             log(f"  {label:<26} {cell.describe()}")
             return cell
-        cell = run_whole_process(argv, runs=self.plan.runs, kill_after=self.limit(own), cap=self.plan.cell_cap,
-                                 cwd=cwd)
+        cell = self.budget_cut(run_whole_process(argv, runs=self.plan.runs, kill_after=self.limit(own),
+                                                 cap=self.plan.cell_cap, cwd=cwd), own)
         log(f"  {label:<26} {cell.describe()}" + (f"  peak RSS {cell.peak_rss_mb:,.0f} MB" if cell.ok else ""))
         self.remember(label, cell)
         return cell
@@ -177,6 +194,8 @@ class Bench:
 
     # -- per model --------------------------------------------------------------------------------------------
     def model(self, spec: ModelSpec, *, fix: bool = True) -> None:
+        if self.only is not None and spec.name not in self.only:
+            return
         if self.over_budget():
             log(f"{spec.name}: skipped (time budget used up)")
             self.results["notes"].append(f"{spec.name}: not measured, the bench's time budget was used up")
@@ -256,6 +275,8 @@ class Bench:
 
     # -- folder mode ------------------------------------------------------------------------------------------
     def folder(self) -> None:
+        if self.only is not None and "folder" not in self.only:
+            return
         if self.over_budget():
             self.results["notes"].append("folder mode: not measured, the bench's time budget was used up")
             return
@@ -301,7 +322,7 @@ class Bench:
         """The 4 GB external-data model, check only, when the disk has room for it."""
         needed = spec.weight_bytes * 1.1
         free = shutil.disk_usage(self.cache).free
-        if (self.cache / f"{spec.name}-v1").exists() or free > needed + 8e9:
+        if spec.folder(self.cache).exists() or free > needed + 8e9:
             self.model(spec, fix=False)
         else:
             self.results["notes"].append(f"{spec.name}: skipped, {free / 1e9:.0f} GB free on {self.cache} "
@@ -327,6 +348,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder for the generated models [default: $TMPDIR/bnlint-bench-cache]")
     parser.add_argument("--runs", type=int, default=None, help="runs per cell (at least 5 for the full bench)")
     parser.add_argument("--budget-minutes", type=float, default=None, help="stop measuring new cells after this")
+    parser.add_argument("--models", default=None, metavar="NAMES",
+                        help="comma-separated models to measure (e.g. depth-2000,depth-100000,folder) [default: all]")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the bench: cProfile `bnlint check` and `bnlint fix --no-verify` on one model")
     parser.add_argument("--profile-blocks", type=int, default=20000, help="depth of the profiled model")
@@ -357,12 +380,17 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="work-", dir=cache))
     started = time.monotonic()
     try:
-        results = Bench(plan, cache, work).run()
+        only = {name.strip() for name in args.models.split(",")} if args.models else None
+        results = Bench(plan, cache, work, only).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = to_json(results)
     results["machine"] = info
+    import resource
+
     results["settings"] = {
+        # Linux charges each child's peak RSS with at least this (the parent's peak when it forks): kept small.
+        "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "quick": args.quick, "runs": plan.runs, "peer_limit_s": plan.peer_limit, "cell_cap_s": plan.cell_cap,
         "budget_s": plan.budget, "scaling_reference_blocks": plan.scaling_reference_blocks,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -371,7 +399,7 @@ def main(argv=None) -> int:
     results["scaling"] = report.scaling_rows(results)
     results["targets"] = report.targets(results)
     text = report.render(results)
-    stem = "quick" if args.quick else "latest"
+    stem = "quick" if args.quick else "latest" if not args.models else "partial"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{stem}.txt").write_text(text)
     plotted = report.plot_scaling(results, args.out / f"{stem}-scaling.png")

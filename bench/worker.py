@@ -77,7 +77,7 @@ def run_step(args, emit) -> None:
             emit(event="error", message=str(exc))
             return
         seconds = time.perf_counter() - t0
-        emit(event="run", seconds=seconds, read_bytes=read_chars() - before)
+        emit(event="run", seconds=seconds, read_bytes=read_chars() - before, rss_mb=rss_mb())
         spent += seconds
         if index + 1 < args.runs and spent + seconds > args.cap:
             emit(event="capped", runs=index + 1)
