@@ -163,12 +163,16 @@ class _Names:
         self.used = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
         self.used |= {t.name for t in graph.initializer}
         self.used |= {o for n in graph.node for o in n.output}
+        self.next_suffix: dict[str, int] = {}
 
     def new(self, hint: str) -> str:
-        name, k = f"ref64/{hint}", 0
+        """A fresh name; the suffix counter per hint keeps this O(1) (scanning from 0 was quadratic)."""
+        k = self.next_suffix.get(hint, 0)
+        name = f"ref64/{hint}" if k == 0 else f"ref64/{hint}_{k}"
         while name in self.used:
             k += 1
             name = f"ref64/{hint}_{k}"
+        self.next_suffix[hint] = k + 1
         self.used.add(name)
         return name
 
