@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from bnlint.graph import Graph
-from bnlint.semantics import BatchNorm, batchnorm
+from bnlint.semantics import BatchNorm, batchnorms
 
 _KEYS = ("scale", "bias", "mean", "var")
 _F32 = np.dtype("<f4")
@@ -48,8 +48,8 @@ def graph_bn_facts(graph: Graph) -> dict[int, BNFacts]:
         return cached
     rows: list[BatchNorm] = []
     chunks: list[bytes] = []
-    for node in graph.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
+    for bn in batchnorms(graph):
+        node = bn.node
         raws = [_raw_float32(graph, getattr(bn, key)) for key in _KEYS]
         if any(r is None for r in raws) or len({len(r) for r in raws}) != 1 or not raws[0]:
             continue

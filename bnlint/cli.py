@@ -145,7 +145,6 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     from contextlib import nullcontext
     from dataclasses import replace
 
-    from bnlint.baseline import Baseline, write_text_atomic
     from bnlint.fingerprints import project_root
     from bnlint.config import parse_size
     from bnlint.lint import LintOptions, run_lint
@@ -177,7 +176,11 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
                               f"{', '.join(OUTPUT_FORMATS)}")
         if fmt == "markdown":
             options = replace(options, pictures=True)
-        baseline = Baseline.load(baseline_path) if baseline_path else None
+        baseline = None
+        if baseline_path:
+            from bnlint.baseline import Baseline
+
+            baseline = Baseline.load(baseline_path)
         root = project_root(options.config.source)
         started = time.perf_counter()
         bar = ProgressBar(sys.stderr) if wants_progress(sys.stderr, quiet=quiet) else None
@@ -202,6 +205,8 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     if write_baseline_path:
         if result.errors:
             fail(f"baseline not written: {len(result.errors)} file(s) could not be read")
+        from bnlint.baseline import Baseline
+
         try:
             Baseline.from_findings(result.findings, root).write(write_baseline_path)
         except BnlintError as exc:
@@ -222,6 +227,8 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
         text = render(fmt, findings, result.errors, color=colored, files=result.models, root=root,
                       checked=result.checked, pictures=result.pictures, source_root=options.torch.root)
     if output_file:
+        from bnlint.baseline import write_text_atomic
+
         try:
             write_text_atomic(output_file, text)
         except BnlintError as exc:

@@ -294,6 +294,9 @@ class Graph:
         """The node whose output `name` is, searching enclosing graphs for outer-scope names."""
         if not name:
             return None
+        if self.parent is None:
+            index = self._producers.get(name)
+            return None if index is None else self.node_at(index)
         for graph in self.scopes():
             index = graph._producers.get(name)
             if index is not None:
@@ -329,6 +332,8 @@ class Graph:
         return {v.name: v for group in self._value_info_protos for v in group}
 
     def initializer(self, name: str) -> onnx.TensorProto | None:
+        if self.parent is None:
+            return self._initializers.get(name)
         graph = self
         while graph is not None:
             tensor = graph._initializers.get(name)
@@ -376,6 +381,10 @@ class Graph:
 
     def shape_of(self, name: str) -> tuple | None:
         """Static shape from value_info / inputs / outputs / constants (dims may be strings), or None."""
+        if self.parent is None and name not in self._value_info:  # the common case: a main-graph weight
+            tensor = self._initializers.get(name)
+            if tensor is not None:
+                return tuple(tensor.dims)
         for graph in self.scopes():
             info = graph._value_info.get(name)
             if info is not None and info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):

@@ -16,10 +16,7 @@ from bnlint.onnx_loader import model_size_limit
 from bnlint.registry import known_codes
 from bnlint.selection import Selection, expand
 from bnlint.parallel import ordered_map
-from bnlint.pictures import pictures_for
 from bnlint.sources import display_path, expand_targets, load_target
-from bnlint.suppression import apply_source_suppressions
-from bnlint.torch_frontend.folded import exporter_folded_findings
 from bnlint.torch_frontend.options import TorchOptions
 
 
@@ -99,16 +96,30 @@ def lint_target(target: str, options: LintOptions) -> TargetResult:
         return TargetResult(target, shown, error=exc.problem)
     findings = lint_model(model, codes=options.rule_codes(),
                           severity_overrides=options.config.severity_overrides(), display_path=shown)
-    findings += exporter_folded_findings(model, codes=options.rule_codes(), display_path=shown,
-                                         severity_overrides=options.config.severity_overrides())
-    findings = apply_source_suppressions(model, findings, codes=options.rule_codes(), display_path=shown,
-                                         severity_overrides=options.config.severity_overrides(),
-                                         source_root=options.torch.root)
+    if model.info.exporter_folded or model.info.provenance:  # facts only PyTorch front ends record
+        findings = _with_source_facts(model, findings, options, shown)
     ignored = options.ignores.apply(findings, target, model)
     findings = ignored.kept
-    pictures = pictures_for(model, findings) if options.pictures else ()
+    pictures = ()
+    if options.pictures:
+        from bnlint.pictures import pictures_for
+
+        pictures = pictures_for(model, findings)
     return TargetResult(target, shown, findings=tuple(findings), pictures=pictures,
                         ignores_used=ignored.used, ignores_applied=ignored.applied)
+
+
+def _with_source_facts(model, findings: list[Finding], options: LintOptions, shown: str) -> list[Finding]:
+    """BN010 for layers torch's exporter folded a BN into, then `# bnlint: ignore[...]` comments applied
+    (imported here: plain ONNX models never need them)."""
+    from bnlint.suppression import apply_source_suppressions
+    from bnlint.torch_frontend.folded import exporter_folded_findings
+
+    overrides = options.config.severity_overrides()
+    findings = findings + exporter_folded_findings(model, codes=options.rule_codes(), display_path=shown,
+                                                   severity_overrides=overrides)
+    return apply_source_suppressions(model, findings, codes=options.rule_codes(), display_path=shown,
+                                     severity_overrides=overrides, source_root=options.torch.root)
 
 
 def failed_target(target: str, exc: BaseException) -> TargetResult:

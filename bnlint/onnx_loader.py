@@ -400,21 +400,59 @@ def _attribute_types(op_type: str, domain: str, opset: int) -> dict[str, int] | 
     return {name: int(attribute.type) for name, attribute in schema.attributes.items()}
 
 
+_A = onnx.AttributeProto
+# The standard attributes bnlint reads on every model, with the model opsets (first, last) whose schema has
+# them and their type there. Read from this table, a plain lint never asks onnx.defs, whose first lookup
+# costs ~10 ms per process; tests compare the table with onnx.defs at every opset it covers.
+KNOWN_ATTRIBUTES: dict[tuple[str, str], tuple[int, int, int]] = {
+    ("BatchNormalization", "epsilon"): (1, 10_000, _A.FLOAT),
+    ("BatchNormalization", "training_mode"): (14, 10_000, _A.INT),
+    ("BatchNormalization", "spatial"): (1, 8, _A.INT),
+    ("BatchNormalization", "is_test"): (1, 6, _A.INT),
+    ("Conv", "group"): (1, 10_000, _A.INT),
+    ("ConvTranspose", "group"): (1, 10_000, _A.INT),
+    ("Gemm", "transA"): (1, 10_000, _A.INT),
+    ("Gemm", "transB"): (1, 10_000, _A.INT),
+    ("Gemm", "alpha"): (1, 10_000, _A.FLOAT),
+    ("Gemm", "beta"): (1, 10_000, _A.FLOAT),
+    ("Dropout", "ratio"): (1, 11, _A.FLOAT),
+    ("Dropout", "is_test"): (1, 6, _A.INT),
+    ("Constant", "value"): (1, 10_000, _A.TENSOR),
+}
+
+
+def _expected_type(op_type: str, domain: str, opset: int, name: str) -> int | None:
+    if domain not in ONNX_DOMAINS:
+        return None
+    known = KNOWN_ATTRIBUTES.get((op_type, name))
+    if known is not None and known[0] <= opset <= known[1]:
+        return known[2]
+    types = _attribute_types(op_type, "", opset)
+    return types.get(name) if types else None
+
+
 def checked_attribute_value(path: str, node_label: str, op_type: str, domain: str, opset: int,
                             attribute: onnx.AttributeProto):
     """An attribute's Python value, after checking its type against the op's schema; LoadError when the
     model declares the wrong type (a string epsilon, an untyped attribute) instead of a crash later."""
-    types = _attribute_types(op_type, "" if domain == "ai.onnx" else domain, opset) if domain in ONNX_DOMAINS \
-        else None
-    expected = types.get(attribute.name) if types else None
+    expected = _expected_type(op_type, domain, opset, attribute.name)
     if expected is not None and attribute.type != expected:
         raise LoadError(path, f"node {node_label!r} ({op_type}) has attribute {attribute.name!r} of type "
                               f"{_attr_type_name(attribute.type)}, but {op_type} needs {_attr_type_name(expected)}")
+    kind = attribute.type
+    if kind == _FLOAT:  # the common scalars, read directly (get_attribute_value's dispatch costs ~1 us)
+        return attribute.f
+    if kind == _INT:
+        return attribute.i
     try:
         return onnx.helper.get_attribute_value(attribute)
     except Exception:  # an UNDEFINED or unknown attribute type
         raise LoadError(path, f"node {node_label!r} ({op_type}) has attribute {attribute.name!r} with no valid "
                               "type") from None
+
+
+_FLOAT = onnx.AttributeProto.FLOAT
+_INT = onnx.AttributeProto.INT
 
 
 def _attr_type_name(value: int) -> str:

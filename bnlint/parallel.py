@@ -7,12 +7,9 @@ in this process, without the start-up cost of a pool.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 
 from bnlint.errors import BnlintError
 
@@ -51,6 +48,8 @@ def _context():
     Workers started fresh inherit no process state: whatever they need travels in their arguments."""
     if not sys.platform.startswith("linux"):
         return None
+    import multiprocessing
+
     from bnlint.isolation import fork_is_safe, fresh_context
 
     return multiprocessing.get_context("fork") if fork_is_safe() else fresh_context()
@@ -80,6 +79,14 @@ def ordered_map(
                 on_done(result)
             results.append(result)
         return results
+    return _pooled(function, items, args, workers, on_done, on_error)
+
+
+def _pooled(function, items, args, workers: int, on_done, on_error) -> list:
+    """The process-pool half of ordered_map (concurrent.futures is imported only when a pool is used)."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
     results: list = [None] * len(items)
     size = batch_size(len(items), workers)
     starts = range(0, len(items), size)

@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from bnlint.graph import Node
+from bnlint.graph import Graph, Node
 
 BN_OPS = ("BatchNormalization",)
 
@@ -67,6 +67,15 @@ def batchnorm(node: Node) -> BatchNorm | None:
     if view is None:
         view = node.__dict__["_batchnorm"] = _batchnorm(node)
     return view
+
+
+def batchnorms(graph: Graph) -> list[BatchNorm]:
+    """Every standard BatchNormalization of `graph` as its normalized view, in graph order (built once per
+    graph: most rules start from this list)."""
+    views = graph.__dict__.get("_batchnorms")
+    if views is None:
+        views = graph.__dict__["_batchnorms"] = [batchnorm(node) for node in graph.nodes_of(*BN_OPS)]
+    return views
 
 
 def _batchnorm(node: Node) -> BatchNorm:

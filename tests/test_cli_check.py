@@ -193,3 +193,17 @@ def test_python_dash_m_and_console_script_do_not_import_heavy_modules(tmp_path):
 def test_help_lists_commands(run_cli):
     result = run_cli("--help")
     assert result.exit_code == 0 and "check" in result.stdout and "rule" in result.stdout
+
+
+def test_full_format_explains_each_rule_once(run_cli):
+    """The bundled example has several findings of one code: the rationale and citations come with the
+    first of them, later ones point back with their docs line (rustc prints a lint's note once, too)."""
+    result = run_cli("check", FIXTURES / "example" / "small_cnn.onnx", "--format", "full")
+    assert result.exit_code == 1
+    codes = [line.split(": ")[1].split()[0] for line in result.stdout.splitlines() if ": BN0" in line]
+    repeated = {code for code in codes if codes.count(code) > 1}
+    assert repeated, "the example should have a code with several findings"
+    for code in repeated:
+        assert result.stdout.count(f"   = docs: bnlint rule {code}\n") == 1
+        assert result.stdout.count(f"   = docs: bnlint rule {code} (evidence above)\n") == codes.count(code) - 1
+    assert result.stdout.count("   = why: ") == len(set(codes))

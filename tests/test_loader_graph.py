@@ -211,3 +211,22 @@ def test_truncated_model_is_a_load_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(LoadError):
         load_onnx(path)
+
+
+def test_known_attribute_table_matches_onnx_schemas():
+    """The attribute types bnlint reads without asking onnx.defs are exactly what every covered opset's
+    schema says, and each entry's opset range is exactly where the schema has the attribute."""
+    from bnlint.onnx_loader import KNOWN_ATTRIBUTES
+
+    latest = onnx.defs.onnx_opset_version()
+    for (op_type, name), (first, last, kind) in KNOWN_ATTRIBUTES.items():
+        for opset in range(1, latest + 1):
+            try:
+                schema = onnx.defs.get_schema(op_type, opset, "")
+            except Exception:
+                continue  # the op does not exist yet at this opset
+            attribute = schema.attributes.get(name)
+            covered = first <= opset <= last
+            assert (attribute is not None) == covered, (op_type, name, opset)
+            if covered:
+                assert int(attribute.type) == kind, (op_type, name, opset)

@@ -3,7 +3,7 @@
 from bnlint.graph import Graph
 from bnlint.ops import POOL_OPS, SHAPE_OPS, nonlinearity_name
 from bnlint.registry import Hit, check
-from bnlint.semantics import batchnorm
+from bnlint.semantics import batchnorms
 from bnlint.walker import op_in, walk_up
 
 TRANSPARENT = op_in(SHAPE_OPS | POOL_OPS | {"Dropout"})
@@ -11,8 +11,8 @@ TRANSPARENT = op_in(SHAPE_OPS | POOL_OPS | {"Dropout"})
 
 @check("BN001")
 def bn_after_activation(graph: Graph):
-    for node in graph.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
+    for bn in batchnorms(graph):
+        node = bn.node
         path = walk_up(graph, bn.x, TRANSPARENT)
         if path is None:
             continue

@@ -4,13 +4,14 @@ from bnlint.foldable import consumers_reason
 from bnlint.graph import Graph
 from bnlint.patterns import bias_site
 from bnlint.registry import Hit, check
-from bnlint.semantics import batchnorm
+from bnlint.semantics import batchnorms
 
 
 @check("BN003")
 def bias_before_bn(graph: Graph):
-    for node in graph.nodes_of("BatchNormalization"):
-        site = bias_site(batchnorm(node))
+    for bn in batchnorms(graph):
+        node = bn.node
+        site = bias_site(bn)
         if site is None:
             continue
         if any(consumers_reason(n, n.output(0)) for n in (site.layer, *site.via)):

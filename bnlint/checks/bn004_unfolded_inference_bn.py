@@ -3,13 +3,13 @@
 from bnlint.foldable import FoldTarget, fold_target
 from bnlint.graph import Graph
 from bnlint.registry import Hit, check
-from bnlint.semantics import batchnorm
+from bnlint.semantics import batchnorms
 
 
 @check("BN004")
 def unfolded_inference_bn(graph: Graph):
-    for node in graph.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
+    for bn in batchnorms(graph):
+        node = bn.node
         if bn.training:
             continue
         target = fold_target(bn)

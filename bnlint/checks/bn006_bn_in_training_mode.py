@@ -2,13 +2,13 @@
 
 from bnlint.graph import Graph
 from bnlint.registry import Hit, check
-from bnlint.semantics import batchnorm
+from bnlint.semantics import batchnorms
 
 
 @check("BN006")
 def bn_in_training_mode(graph: Graph):
-    for node in graph.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
+    for bn in batchnorms(graph):
+        node = bn.node
         if not bn.training:
             continue
         yield Hit(

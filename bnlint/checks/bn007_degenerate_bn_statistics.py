@@ -6,7 +6,7 @@ from bnlint.bnstats import bn_facts
 from bnlint.findings import Severity
 from bnlint.graph import Graph
 from bnlint.registry import Hit, check
-from bnlint.semantics import batchnorm
+from bnlint.semantics import batchnorms
 
 
 def _channels(mask: np.ndarray, limit: int = 8) -> str:
@@ -18,8 +18,8 @@ def _channels(mask: np.ndarray, limit: int = 8) -> str:
 
 @check("BN007")
 def degenerate_bn_statistics(graph: Graph):
-    for node in graph.nodes_of("BatchNormalization"):
-        bn = batchnorm(node)
+    for bn in batchnorms(graph):
+        node = bn.node
         facts = bn_facts(bn)
         if facts is not None and facts.finite and facts.var_nonnegative and not facts.any_scale_zero and \
                 np.isfinite(bn.epsilon) and bn.epsilon > 0:

@@ -3,13 +3,14 @@
 from bnlint.graph import Graph
 from bnlint.patterns import preceding_bn
 from bnlint.registry import Hit, check
-from bnlint.semantics import batchnorm
+from bnlint.semantics import batchnorms
 
 
 @check("BN008")
 def consecutive_bn(graph: Graph):
-    for node in graph.nodes_of("BatchNormalization"):
-        found = preceding_bn(batchnorm(node))
+    for bn in batchnorms(graph):
+        node = bn.node
+        found = preceding_bn(bn)
         if found is None:
             continue
         first, path = found

@@ -74,8 +74,7 @@ def source_snippet(finding: Finding, source_root: str | None, cache: dict) -> li
 
 
 def rule_help(code: str) -> list[str]:
-    """The lines under a finding that come from its rule (rationale, citations, fix): the same for every
-    finding of a code, so they are wrapped once per code, not once per finding."""
+    """The lines under a finding that come from its rule (rationale, citations, fix)."""
     doc = rule_doc(code)
     if doc is None:
         return []
@@ -92,10 +91,12 @@ def rule_help(code: str) -> list[str]:
 
 
 def render_full(findings: list[Finding], *, color: bool = False, source_root: str | None = None) -> str:
-    """Each finding with its node, the Python line it points to (when the file exists), and its rule."""
+    """Each finding with its node and the Python line it points to (when the file exists); its rule's rationale
+    and citations under the first finding of each code only, so a model with hundreds of findings stays
+    readable (later findings point back with their `docs` line)."""
     blocks = []
     sources: dict = {}
-    helps: dict[str, list[str]] = {}
+    explained: set[str] = set()
     for finding in findings:
         loc = finding.location
         lines = [headline(finding, color)]
@@ -106,9 +107,11 @@ def render_full(findings: list[Finding], *, color: bool = False, source_root: st
             node_line += f", in {loc.module_class}.forward"
         lines.append(_style(printable(node_line), color, dim=True))
         lines += source_snippet(finding, source_root, sources)
-        if finding.code not in helps:
-            helps[finding.code] = rule_help(finding.code)
-        lines += helps[finding.code]
+        if finding.code in explained:  # rustc-style: the rule's evidence once, at its first finding
+            lines.append(f"   = docs: bnlint rule {finding.code} (evidence above)")
+        else:
+            explained.add(finding.code)
+            lines += rule_help(finding.code)
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
