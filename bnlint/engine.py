@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from bnlint.findings import Finding, Location, Severity, sort_findings
 from bnlint.graph import Model, Node
 from bnlint.registry import Hit, all_checks
-from bnlint.ruledocs import all_rule_docs
+from bnlint.ruledocs import rule_doc
 
 
 def location_of(node: Node, display_path: str) -> Location:
@@ -34,17 +34,18 @@ def lint_model(
 ) -> list[Finding]:
     """Findings of the selected rules (all when `codes` is None), sorted deterministically."""
     checks = all_checks()
-    docs = all_rule_docs()
     selected = sorted(checks) if codes is None else sorted(set(codes) & set(checks))
     overrides = dict(severity_overrides or {})
     shown_path = display_path or model.info.path
-    citations = {code: docs[code].citation_refs() for code in selected}
     findings = []
     for graph in model.all_graphs():
         for code in selected:
-            doc = docs[code]
+            doc = None  # read at the rule's first hit: a clean model parses no rule file
             for hit in checks[code](graph):
-                findings.append(_finding(code, doc, hit, overrides, shown_path, citations[code]))
+                if doc is None:
+                    doc = rule_doc(code)
+                    citations = doc.citation_refs()
+                findings.append(_finding(code, doc, hit, overrides, shown_path, citations))
     return sort_findings(findings)
 
 

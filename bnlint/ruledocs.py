@@ -188,12 +188,28 @@ def parse_rule_file(path: Path) -> RuleDoc:
     )
 
 
+@lru_cache(maxsize=None)
+def _parsed(path: Path) -> RuleDoc:
+    return parse_rule_file(path)
+
+
 @lru_cache(maxsize=1)
 def all_rule_docs() -> dict[str, RuleDoc]:
     """Every rule document, keyed and ordered by code."""
-    docs = [parse_rule_file(path) for path in sorted(rules_dir().glob("BN*.toml"))]
+    docs = [_parsed(path) for path in sorted(rules_dir().glob("BN*.toml"))]
     return {doc.id: doc for doc in docs}
 
 
+_CODE = re.compile(r"[A-Z]+[0-9]+")
+
+
 def rule_doc(code: str) -> RuleDoc | None:
-    return all_rule_docs().get(code.upper())
+    """One rule's document; only its own file is parsed (lint needs the docs of the rules that fired)."""
+    code = code.upper()
+    if _CODE.fullmatch(code):
+        path = rules_dir() / f"{code}.toml"
+        if path.is_file():
+            doc = _parsed(path)
+            if doc.id == code:
+                return doc
+    return all_rule_docs().get(code)
