@@ -64,18 +64,11 @@ def graph_bn_facts(graph: Graph) -> dict[int, BNFacts]:
 
 def _evaluate(rows: list[BatchNorm], chunks: list[bytes]) -> dict[int, BNFacts]:
     channels = np.array([len(chunks[4 * i]) // 4 for i in range(len(rows))])
-    values = np.frombuffer(b"".join(chunks), dtype=_F32).astype(np.float64)
-    # Layout: for BN i, its scale, bias, mean, var blocks follow each other, each channels[i] long.
-    block_starts = np.concatenate(([0], np.cumsum(np.repeat(channels, 4))[:-1]))
-    role = np.tile(np.arange(4), len(rows))
+    # chunks holds scale, bias, mean, var of BN 0, then of BN 1, ...: every 4th chunk is one parameter of all
+    # BNs, so one join per parameter lines the channels of every BN up.
+    scale, bias, mean, var = (np.frombuffer(b"".join(chunks[k::4]), dtype=_F32).astype(np.float64)
+                              for k in range(4))
     epsilon = np.array([bn.epsilon for bn in rows])
-
-    def gather(role_index: int) -> np.ndarray:
-        starts = block_starts[role == role_index]
-        offsets = np.arange(channels.sum()) - np.repeat(np.cumsum(channels) - channels, channels)
-        return values[np.repeat(starts, channels) + offsets]
-
-    scale, bias, mean, var = (gather(k) for k in range(4))
     eps = np.repeat(epsilon, channels)
     segment_starts = np.cumsum(channels) - channels
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -93,11 +86,8 @@ def _evaluate(rows: list[BatchNorm], chunks: list[bytes]) -> dict[int, BNFacts]:
     foldable = per_bn(fold_ok) & np.isfinite(epsilon) & (epsilon >= 0)
     positive = per_bn((scale > 0) & (denominator > 0))
     zero = np.logical_or.reduceat(scale == 0, segment_starts)
-    return {
-        bn.node.index: BNFacts(bool(all_finite[i]), bool(var_ok[i]), bool(foldable[i]), bool(positive[i]),
-                               bool(zero[i]))
-        for i, bn in enumerate(rows)
-    }
+    columns = zip(all_finite.tolist(), var_ok.tolist(), foldable.tolist(), positive.tolist(), zero.tolist())
+    return {bn.node.index: BNFacts(*column) for bn, column in zip(rows, columns)}
 
 
 def bn_facts(bn: BatchNorm) -> BNFacts | None:

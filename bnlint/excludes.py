@@ -76,6 +76,9 @@ def _compile(pattern: str) -> _Rule | None:
     return _Rule(re.compile(_translate(text) + r"\Z", re.DOTALL), negate, dir_only, anchored)
 
 
+_OUTSIDE = object()  # a folder that resolves outside the root
+
+
 class ExcludeMatcher:
     """Decides whether a path (relative to `root`) is excluded."""
 
@@ -83,6 +86,7 @@ class ExcludeMatcher:
         self.root = Path(root).resolve()
         self._prefixes = tuple(dict.fromkeys((os.path.abspath(root), str(self.root))))
         self.rules = [rule for rule in map(_compile, patterns) if rule is not None]
+        self._resolved_folders: dict[str, object] = {}
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -92,10 +96,21 @@ class ExcludeMatcher:
         for prefix in self._prefixes:  # fast path without a system call per file
             if absolute.startswith(prefix.rstrip(os.sep) + os.sep):
                 return absolute[len(prefix.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+        folder, name = os.path.split(absolute)
+        if not os.path.islink(absolute):  # resolve each folder once, not every file in it
+            base = self._resolved_folders.get(folder)
+            if base is None:
+                base = self._resolved_folders[folder] = self._relative_resolved(folder)
+            return None if base is _OUTSIDE else (f"{base}/{name}" if base else name)
+        found = self._relative_resolved(absolute)
+        return None if found is _OUTSIDE else found
+
+    def _relative_resolved(self, absolute: str):
         try:
-            return Path(absolute).resolve().relative_to(self.root).as_posix()
+            relative = Path(absolute).resolve().relative_to(self.root).as_posix()
         except (ValueError, OSError):
-            return None
+            return _OUTSIDE
+        return "" if relative == "." else relative
 
     def _match(self, relative: str | None, name: str, is_dir: bool) -> bool:
         excluded = False

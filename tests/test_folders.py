@@ -171,6 +171,23 @@ def test_exclude_matcher_details(tmp_path):
     assert outside.excludes(str(tmp_path / "loose.onnx"), is_dir=False)
 
 
+def test_exclude_matcher_resolves_symlinked_folders_and_files(tmp_path):
+    """Paths reached through a symlink are matched where they really are: a linked folder once for all
+    its files, a linked file on its own."""
+    project = tmp_path / "project"
+    (project / "vendor").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (project / "vendor" / "m.onnx").write_bytes(b"")
+    (tmp_path / "elsewhere" / "link").symlink_to(project / "vendor")
+    (tmp_path / "elsewhere" / "file.onnx").symlink_to(project / "vendor" / "m.onnx")
+    (tmp_path / "elsewhere" / "plain.onnx").write_bytes(b"")
+    matcher = ExcludeMatcher(["/vendor/"], project)
+    for _ in range(2):  # the second round answers from the folder cache
+        assert matcher.excludes_with_parents(str(tmp_path / "elsewhere" / "link" / "m.onnx"))
+        assert matcher.excludes_with_parents(str(tmp_path / "elsewhere" / "file.onnx"))
+        assert not matcher.excludes_with_parents(str(tmp_path / "elsewhere" / "plain.onnx"))
+
+
 def test_config_exclude_applies_to_folder_scans(run_cli, tmp_path):
     write_models(tmp_path / "models", 5)
     (tmp_path / "bnlint.toml").write_text('exclude = ["group1/", "m004.onnx"]\n')
