@@ -119,6 +119,10 @@ class Node:
         return self.graph.model.provenance.get(self.name) if self.name else None
 
 
+# What Graph.__init__ sets; everything else in a graph's __dict__ is a cache that release() drops.
+_GRAPH_CORE = frozenset({"model", "path", "parent", "depth", "_opsets", "input_names", "output_names",
+                         "output_order", "_protos", "_initializer_protos", "_value_info_protos", "_node_cache"})
+
 # Standard ops that carry subgraphs; nodes of other domains are checked for graph attributes too.
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
@@ -226,6 +230,16 @@ class Graph:
             positions = sorted(i for op in op_types for i in index.get(op, ()))
         nodes = (self.node_at(i) for i in positions)
         return [node for node in nodes if node.domain in ONNX_DOMAINS]
+
+    def release(self) -> None:
+        """Drop node objects, normalized views and lookup tables. They point back at this graph, so without
+        this the memory waits for the cyclic collector; the graph must not be used afterwards."""
+        for node in self._node_cache:
+            if node is not None:
+                node.__dict__.clear()
+        self._node_cache = []
+        for key in [key for key in self.__dict__ if key not in _GRAPH_CORE]:
+            del self.__dict__[key]
 
     # -- scopes and opsets -------------------------------------------------------------------------
     def opset(self, domain: str) -> int:
@@ -507,6 +521,11 @@ class Model:
         yield from self.main.walk_graphs()
         for function in self.functions:
             yield from function.walk_graphs()
+
+    def release(self) -> None:
+        """Break the graph views' reference cycles once the model is done with (see Graph.release)."""
+        for graph in list(self.all_graphs()):
+            graph.release()
 
 
 def model_info(proto: onnx.ModelProto, path: str) -> ModelInfo:

@@ -11,6 +11,7 @@ from bnlint.config import Config, load_config
 from bnlint.engine import lint_model
 from bnlint.errors import BnlintError, LoadError
 from bnlint.findings import Finding, Severity, sort_findings
+from bnlint.gcpause import cyclic_gc_paused
 from bnlint.ignores import ConfigIgnores, IgnoreEntry
 from bnlint.onnx_loader import model_size_limit
 from bnlint.registry import known_codes
@@ -94,17 +95,19 @@ def lint_target(target: str, options: LintOptions) -> TargetResult:
             model = load_target(target, options.torch)
     except LoadError as exc:
         return TargetResult(target, shown, error=exc.problem)
-    findings = lint_model(model, codes=options.rule_codes(),
-                          severity_overrides=options.config.severity_overrides(), display_path=shown)
-    if model.info.exporter_folded or model.info.provenance:  # facts only PyTorch front ends record
-        findings = _with_source_facts(model, findings, options, shown)
-    ignored = options.ignores.apply(findings, target, model)
-    findings = ignored.kept
-    pictures = ()
-    if options.pictures:
-        from bnlint.pictures import pictures_for
+    with cyclic_gc_paused():
+        findings = lint_model(model, codes=options.rule_codes(),
+                              severity_overrides=options.config.severity_overrides(), display_path=shown)
+        if model.info.exporter_folded or model.info.provenance:  # facts only PyTorch front ends record
+            findings = _with_source_facts(model, findings, options, shown)
+        ignored = options.ignores.apply(findings, target, model)
+        findings = ignored.kept
+        pictures = ()
+        if options.pictures:
+            from bnlint.pictures import pictures_for
 
-        pictures = pictures_for(model, findings)
+            pictures = pictures_for(model, findings)
+        model.release()
     return TargetResult(target, shown, findings=tuple(findings), pictures=pictures,
                         ignores_used=ignored.used, ignores_applied=ignored.applied)
 

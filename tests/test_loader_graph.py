@@ -230,3 +230,37 @@ def test_known_attribute_table_matches_onnx_schemas():
             assert (attribute is not None) == covered, (op_type, name, opset)
             if covered:
                 assert int(attribute.type) == kind, (op_type, name, opset)
+
+
+def test_lint_target_frees_the_graph_view_by_reference_counting(monkeypatch):
+    """lint_target pauses the cyclic collector while it lints and breaks the view's cycles when done: the
+    graph is gone even with the collector off, and the collector's state is restored afterwards."""
+    import gc
+    import weakref
+
+    from conftest import FIXTURES
+
+    from bnlint import lint as lint_module
+
+    graphs = []
+    real_load = lint_module.load_target
+
+    def load_and_watch(target, torch_options=None):
+        model = real_load(target, torch_options)
+        graphs.append(weakref.ref(model.main))
+        return model
+
+    monkeypatch.setattr(lint_module, "load_target", load_and_watch)
+    options = lint_module.LintOptions.from_cli()
+    result = lint_module.lint_target(str(FIXTURES / "example" / "small_cnn.onnx"), options)
+    assert gc.isenabled()
+    assert len(result.findings) == 8
+    gc.disable()
+    try:
+        graphs.clear()
+        result = lint_module.lint_target(str(FIXTURES / "example" / "small_cnn.onnx"), options)
+        assert len(result.findings) == 8
+        assert graphs and graphs[0]() is None
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
