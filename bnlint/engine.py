@@ -12,16 +12,18 @@ from bnlint.ruledocs import rule_doc
 
 def location_of(node: Node, display_path: str) -> Location:
     provenance = node.provenance
+    if provenance is None:  # plain ONNX: the common case, without the four lookups below
+        return Location(display_path, node.graph.path, node.label, node.op_type, node.index)
     return Location(
         file=display_path,
         graph=node.graph.path,
         node=node.label,
         op_type=node.op_type,
         index=node.index,
-        module=provenance.module if provenance else None,
-        module_class=provenance.module_class if provenance else None,
-        source_file=provenance.source_file if provenance else None,
-        source_line=provenance.source_line if provenance else None,
+        module=provenance.module,
+        module_class=provenance.module_class,
+        source_file=provenance.source_file,
+        source_line=provenance.source_line,
     )
 
 

@@ -142,3 +142,14 @@ def test_error_lines_escape_file_names(tmp_path, monkeypatch, run_cli):
         assert_clean(result.stderr)
         assert "bad\\x1b[2J\\n.onnx" in result.stderr
         assert result.stderr.count("\n") == 1 + (command[0] == "check"), result.stderr  # check adds a summary
+
+
+def test_printable_fast_path_is_sound():
+    """`printable` returns text unchanged when Python calls it printable: that is only sound while every
+    character it escapes is non-printable to Python."""
+    import sys
+
+    from bnlint.report.safe_text import _UNSAFE
+
+    escaped = [chr(c) for c in range(sys.maxunicode + 1) if _UNSAFE.match(chr(c))]
+    assert escaped and not any(char.isprintable() for char in escaped)

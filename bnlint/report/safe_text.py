@@ -27,7 +27,7 @@ def _escape(match: re.Match) -> str:
 def printable(text: str, keep: str = "") -> str:
     """`text` with control, line-separator and bidi-override characters written as escapes, except the
     characters in `keep` (for formats that encode CR and LF their own way: GitHub, Markdown, Mermaid)."""
-    if not _UNSAFE.search(text):
+    if text.isprintable() or not _UNSAFE.search(text):  # every escaped character is non-printable to Python
         return text
     return _UNSAFE.sub(lambda m: m.group(0) if m.group(0) in keep else _escape(m), text)
 

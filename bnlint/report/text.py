@@ -34,8 +34,10 @@ def location_text(finding: Finding) -> str:
 
 def headline(finding: Finding, color: bool) -> str:
     sev = finding.severity
-    code = _style(finding.code, color, fg=_SEVERITY_COLOR[sev], bold=True)
-    where = _style(location_text(finding), color, bold=True)
+    code, where = finding.code, location_text(finding)
+    if color:
+        code = click.style(code, fg=_SEVERITY_COLOR[sev], bold=True)
+        where = click.style(where, bold=True)
     tag = " [contested]" if "contested" in finding.tags else ""
     return f"{where}: {code} [{sev.value}]{tag} {printable(finding.message)}"
 
