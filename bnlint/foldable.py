@@ -128,7 +128,8 @@ def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
         return Refusal(bn, f"BN is in training mode ({bn.training_reason}); see BN006")
     if not bn.spatial:
         return Refusal(bn, "BN has spatial=0 (per-activation statistics), which a per-channel fold cannot absorb")
-    if not bn.params_constant():
+    facts = bn_facts(bn)  # facts exist only for BNs whose parameters are all float32 initializers
+    if facts is None and not bn.params_constant():
         return Refusal(bn, "BN parameters are not constants")
     producer = graph.producer(bn.x)
     if producer is None:
@@ -165,7 +166,6 @@ def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
     bn_channels = graph.shape_of(bn.scale)
     if channels is not None and bn_channels and isinstance(bn_channels[0], int) and bn_channels[0] != channels:
         return Refusal(bn, f"BN has {bn_channels[0]} channels but {layer.display} has {channels} outputs", layer)
-    facts = bn_facts(bn)
     if facts is None or not facts.foldable_numerics:
         affine = inference_affine(bn)
         if isinstance(affine, str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import click
@@ -75,11 +76,13 @@ def source_snippet(finding: Finding, source_root: str | None, cache: dict) -> li
     return [f"{gutter} |", f"{number} | {code}", f"{gutter} |"]
 
 
-def rule_help(code: str) -> list[str]:
-    """The lines under a finding that come from its rule (rationale, citations, fix)."""
+@lru_cache(maxsize=None)
+def rule_help(code: str) -> tuple[str, ...]:
+    """The lines under a finding that come from its rule (rationale, citations, fix); rule files do not
+    change while bnlint runs, so each code is wrapped once per process."""
     doc = rule_doc(code)
     if doc is None:
-        return []
+        return ()
     lines = _wrapped("   = why: ", doc.summary)
     for citation in doc.citations:
         label = {"for": "for", "against": "against", "context": "see"}[citation.stance]
@@ -89,7 +92,7 @@ def rule_help(code: str) -> list[str]:
     if doc.fix_available:
         lines.append(f"   = fix: `bnlint fix` ({doc.fix_safety})")
     lines.append(f"   = docs: bnlint rule {code}")
-    return lines
+    return tuple(lines)
 
 
 def render_full(findings: list[Finding], *, color: bool = False, source_root: str | None = None) -> str:
