@@ -200,7 +200,7 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
     proto = load_onnx(model)
     input_external = uses_external_data(proto)
     footprint = 2 * model_footprint(proto)  # the original and the rewrite (about the same size)
-    outcome = fix_model(proto, model, codes)
+    outcome = fix_model(proto, model, codes, detach=not show_diff)
     run = FixRun(model=shown or model, outcome=outcome, output=str(out))
     if show_diff:
         run.diff = render_diff(run)
@@ -215,7 +215,9 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
         return run
     check_output_path(out)
     # A model that came with external data keeps that layout; one too large for protobuf gets it.
-    pending = prepare_save(proto, out, source_path=model, external=input_external or too_large(proto))
+    detached_bytes = sum(array.nbytes for array in outcome.detached.values())
+    pending = prepare_save(proto, out, source_path=model, arrays=outcome.detached,
+                           external=input_external or too_large(proto, detached_bytes))
     try:
         if verify_options is not None and outcome.changed:
             run.verification = _verify(model, str(pending.temp_path), verify_options, outcome, footprint,

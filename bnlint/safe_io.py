@@ -16,12 +16,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from bnlint import isolation
 from bnlint.errors import BnlintError, LoadError
 from bnlint.graph import _attribute_graphs
+from bnlint.inline_writer import detached_data, plan_inline, write_plan
 from bnlint.onnx_loader import PROTOBUF_LIMIT, iter_all_tensors, load_onnx
 from bnlint.tensors import check_external_reference, external_info, is_external, open_external, tensor_nbytes
 
@@ -131,10 +133,11 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return False
 
 
-def too_large(model: onnx.ModelProto) -> bool:
-    """True when the model would not fit in one protobuf message."""
+def too_large(model: onnx.ModelProto, extra_bytes: int = 0) -> bool:
+    """True when the model (plus `extra_bytes` of detached tensor data) would not fit in one protobuf
+    message."""
     try:
-        return model.ByteSize() > PROTOBUF_LIMIT - _MARGIN
+        return model.ByteSize() + extra_bytes > PROTOBUF_LIMIT - _MARGIN
     except (ValueError, OverflowError):  # pragma: no cover - protobuf refuses to size >2 GiB messages
         return True
 
@@ -145,29 +148,39 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 
 
 def prepare_save(model: onnx.ModelProto, out_path: str | os.PathLike, *, source_path: str | os.PathLike,
-                 external: bool | None = None) -> PendingSave:
+                 external: bool | None = None, arrays: dict[str, np.ndarray] | None = None) -> PendingSave:
     """Write `model` next to `out_path` under a temporary name and check it; the caller commits or
-    discards. `source_path` is the model file that external tensors are read from. The model's external
-    tensors are repointed at the new data file (the in-memory model is consumed by saving)."""
+    discards. `source_path` is the model file that external tensors are read from. `arrays` holds the
+    values of main-graph initializers whose TensorProto has no data (bnlint.fix's detached weights).
+    The in-memory model is consumed by saving: external tensors are repointed at the new data file, and
+    large inline tensors lose their data once it is written."""
     out = check_output_path(out_path)
     source = Path(source_path)
-    use_external = needs_external_data(model) if external is None else external
+    arrays = arrays or {}
+    if external is None:
+        external = needs_external_data(model) or too_large(model, sum(a.nbytes for a in arrays.values()))
     data_path = temp_path = None
     _TerminationGuard.enter()
     try:
-        data_path = _unique_data_path(out) if use_external else None
-        if data_path is not None and not _write_external(model, str(source), source.parent, data_path):
+        data_path = _unique_data_path(out) if external else None
+        if data_path is not None and not _write_external(model, str(source), source.parent, data_path, arrays):
             data_path.unlink()
             data_path = None
         fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         temp_path = Path(name)
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "w+b") as handle:
             if hasattr(os, "fchmod"):
                 os.fchmod(handle.fileno(), _file_mode(out))
-            handle.write(model.SerializeToString())
-            handle.flush()
-            os.fsync(handle.fileno())
-        _check_written(temp_path, model)
+            if data_path is not None:
+                handle.write(model.SerializeToString())
+                handle.flush()
+                os.fsync(handle.fileno())
+            else:
+                plan = plan_inline(model, arrays)
+                _check_in_memory(plan, temp_path)
+                write_plan(plan, handle)
+        if data_path is not None:
+            _check_written(temp_path, model)
         return PendingSave(out, temp_path, data_path)
     except BaseException as exc:
         for path in (temp_path, data_path):
@@ -222,16 +235,23 @@ def _unique_data_path(out: Path) -> Path:
         return candidate
 
 
-def _write_external(model: onnx.ModelProto, source_path: str, source_dir: Path, data_path: Path) -> int:
-    """Copy every external tensor and move every large inline initializer into `data_path`; returns how
-    many tensors went there."""
+def _write_external(model: onnx.ModelProto, source_path: str, source_dir: Path, data_path: Path,
+                    arrays: dict[str, np.ndarray]) -> int:
+    """Copy every external tensor and move every large inline initializer (detached ones from `arrays`)
+    into `data_path`; returns how many tensors went there."""
     sizes: dict[str, int] = {}
     written = 0
+    detached = {id(tensor) for tensor in model.graph.initializer if detached_data(tensor, arrays) is not None}
     with open(data_path, "r+b") as sink:
         for tensor, kind in iter_all_tensors(model):
             if kind == "sparse":
                 continue
-            if is_external(tensor):
+            if id(tensor) in detached:
+                view = detached_data(tensor, arrays)
+                offset = _pad_to(sink, _alignment(len(view)))
+                sink.write(view)
+                length = len(view)
+            elif is_external(tensor):
                 check_external_reference(source_path, source_dir, tensor, sizes)
                 offset = _pad_to(sink, _alignment(tensor_nbytes(tensor) or 0))
                 length = _copy_external(source_path, source_dir, tensor, sink)
@@ -293,6 +313,30 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
     tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _check_in_memory(plan, temp_path: Path) -> None:
+    """The ONNX checker on the model about to be written, in a child process (the C++ checker has
+    crashed on crafted models, and a crash must not kill bnlint while temporary files exist). The child
+    gets the model without its large tensors' bytes (bnlint.inline_writer checks those sizes itself), so
+    checking a multi-GB model costs what checking its graph costs."""
+    try:
+        isolation.run_isolated(_check_skeleton_task, plan.plain, sorted(plan.large), str(temp_path),
+                               timeout=300, label="the ONNX checker")
+    except LoadError as exc:
+        raise WriteError(exc.problem) from None
+
+
+def _check_skeleton_task(plain: bytes, large: list[int], path: str) -> None:
+    model = onnx.ModelProto()
+    model.ParseFromString(plain)
+    initializers = model.graph.initializer
+    for index in large:  # no data: declare zero elements, which the checker accepts without a value field
+        initializers[index].dims[0] = 0
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise LoadError(path, f"the ONNX checker rejects the model: {isolation._first_line(exc)}") from None
 
 
 def _check_written(temp_path: Path, model: onnx.ModelProto) -> None:

@@ -258,22 +258,42 @@ def check_external_reference(model_path: str, base_dir: Path, tensor: onnx.Tenso
 
 def read_external_bytes(model_path: str, base_dir: Path, tensor: onnx.TensorProto) -> bytes:
     """An external tensor's bytes, checked and read through one descriptor (no check-then-open race)."""
+    return bytes(read_external_into(model_path, base_dir, tensor))
+
+
+def read_external_into(model_path: str, base_dir: Path, tensor: onnx.TensorProto) -> bytearray:
+    """An external tensor's bytes in a new bytearray, read straight into it (one copy of a multi-GB
+    tensor, not one per chunk plus a join)."""
     location, offset, length = _span(model_path, tensor)
     fd = open_external(model_path, base_dir, location)
     try:
         size = _checked_file_size(model_path, location, fd)
         _check_bounds(model_path, tensor, location, offset, length, size)
-        chunks, position, remaining = [], offset, length
-        while remaining:
-            chunk = os.pread(fd, min(remaining, 1 << 30), position)
-            if not chunk:
+        buffer = bytearray(length)
+        view, done = memoryview(buffer), 0
+        while done < length:
+            part = view[done:done + (1 << 30)]
+            if hasattr(os, "preadv"):
+                got = os.preadv(fd, [part], offset + done)
+            else:  # pragma: no cover - Windows
+                chunk = os.pread(fd, len(part), offset + done)
+                got = len(chunk)
+                part[:got] = chunk
+            if not got:
                 raise LoadError(model_path, f"external data {location!r} shrank while being read")
-            chunks.append(chunk)
-            position += len(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+            done += got
+        return buffer
     finally:
         os.close(fd)
+
+
+# Element types whose external bytes are little-endian fixed-width numbers numpy reads as they are.
+_DIRECT_DTYPES = {
+    onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2",
+    onnx.TensorProto.INT8: "i1", onnx.TensorProto.UINT8: "u1", onnx.TensorProto.INT16: "<i2",
+    onnx.TensorProto.UINT16: "<u2", onnx.TensorProto.INT32: "<i4", onnx.TensorProto.UINT32: "<u4",
+    onnx.TensorProto.INT64: "<i8", onnx.TensorProto.UINT64: "<u8", onnx.TensorProto.BOOL: "?",
+}
 
 
 def _check_inline(model_path: str, tensor: onnx.TensorProto) -> None:
@@ -300,6 +320,11 @@ def to_array(tensor: onnx.TensorProto, model_path: str, base_dir: Path) -> np.nd
     if is_external(tensor):
         if tensor.data_type not in _KNOWN_TYPES:
             raise LoadError(model_path, f"tensor {tensor.name!r} has unknown element type {tensor.data_type}")
+        direct = _DIRECT_DTYPES.get(tensor.data_type)
+        if direct is not None:
+            dims = tuple(tensor.dims)
+            values = np.frombuffer(read_external_into(model_path, base_dir, tensor), dtype=direct)
+            return values.reshape(dims).astype(values.dtype.newbyteorder("="), copy=False)
         raw = read_external_bytes(model_path, base_dir, tensor)
         inline = onnx.TensorProto()
         inline.CopyFrom(tensor)

@@ -67,7 +67,7 @@ def _fold(live: LiveGraph, target: FoldTarget) -> Change:
     except CastRefused as refused:
         raise FoldRefused(str(refused)) from None
     stem = layer.label
-    weight_name = live.add_array(f"{stem}_weight_bnfold", new_weight, weight_type)
+    weight_name = live.add_array(f"{stem}_weight_bnfold", new_weight, weight_type, detach=True)
     bias_name = live.add_array(f"{stem}_bias_bnfold", bias, weight_type)
     removed = [bn.node]
     live.remove_node(bn.node)

@@ -84,7 +84,7 @@ def _fold_forward(live: LiveGraph, bn: BatchNorm) -> Change:
             new_weight, bias = _into_matrix(live, layer, weight, affine, weight_type, stats)
     except CastRefused as refused:
         raise FoldRefused(str(refused)) from None
-    weight_name = live.add_array(f"{layer.label}_weight_bnfold", new_weight, weight_type)
+    weight_name = live.add_array(f"{layer.label}_weight_bnfold", new_weight, weight_type, detach=True)
     bias_name = live.add_array(f"{layer.label}_bias_bnfold", bias, weight_type)
     shown = layer.display
     live.remove_node(bn.node)

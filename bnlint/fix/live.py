@@ -76,6 +76,7 @@ def _all_graph_protos(graph: onnx.GraphProto):
 
 _SUBGRAPH_OPS = ("If", "Loop", "Scan", "SequenceMap")
 _REMOVED = math.inf
+DETACH_BYTES = 1 << 20  # new main-graph weights at least this large keep their values out of the protobuf
 
 
 class LiveGraph(Graph):
@@ -91,6 +92,10 @@ class LiveGraph(Graph):
     def open(cls, info, proto: onnx.GraphProto, *, path: str, parent: Graph | None, names: NameAllocator,
              ir_version: int) -> LiveGraph:
         live = cls.from_graph_proto(info, proto, path=path, parent=parent)
+        # Detached values: {id(tensor): (tensor, array)} for new large weights of the main graph whose
+        # TensorProto holds no data yet. Copying a multi-GB result into the protobuf costs a copy (and,
+        # since protobuf arenas never shrink, memory until exit); the writer streams the array instead.
+        live.detached = parent.detached if isinstance(parent, LiveGraph) else {}
         live._setup(proto, names, ir_version)
         names.graphs.append(live)
         return live
@@ -181,6 +186,15 @@ class LiveGraph(Graph):
         if self.local_producer(name) is not None or name in self.input_names or self.parent is None:
             return None
         return self.parent.initializer(name)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """As Graph.constant, also for detached weights (their TensorProto has no data)."""
+        tensor = self.initializer(name)
+        if tensor is not None:
+            held = self.detached.get(id(tensor))
+            if held is not None and held[0] is tensor:
+                return held[1]
+        return super().constant(name)
 
     def rank(self, node: Node) -> float:
         if node.index < self.original_count:
@@ -343,14 +357,20 @@ class LiveGraph(Graph):
         a, b = self.rank(first), self.rank(second)
         self._moved[first.index], self._moved[second.index] = b, a
 
-    def add_array(self, hint: str, array: np.ndarray, data_type: int) -> str:
+    def add_array(self, hint: str, array: np.ndarray, data_type: int, *, detach: bool = False) -> str:
         """A new initializer holding `array` (already of the right type) under a fresh name; listed as a
-        graph input too when the IR version requires it (IR < 4)."""
+        graph input too when the IR version requires it (IR < 4). With `detach`, a large array of the
+        main graph stays a numpy array (see `detached`) until the pipeline or the writer needs its bytes."""
         stored = self.proto.initializer.add()
         stored.name = self.names.new(hint)
         stored.data_type = data_type
         stored.dims.extend(int(d) for d in array.shape)
-        stored.raw_data = np.ascontiguousarray(array).tobytes()
+        array = np.ascontiguousarray(array)
+        if detach and self.parent is None and array.nbytes >= DETACH_BYTES and array.dtype.isnative:
+            array.flags.writeable = False
+            self.detached[id(stored)] = (stored, array)
+        else:
+            stored.raw_data = array.tobytes()
         self._initializers[stored.name] = stored
         self._initializer_names.append(stored.name)
         self.initializers_added.append(stored.name)
@@ -435,7 +455,9 @@ class LiveGraph(Graph):
         if not doomed:
             return
         for name in doomed:
-            self.bytes_removed += tensor_nbytes(self._initializers.pop(name)) or 0
+            tensor = self._initializers.pop(name)
+            self.detached.pop(id(tensor), None)
+            self.bytes_removed += tensor_nbytes(tensor) or 0
         self.initializers_removed.extend(sorted(doomed))
         flags = [name in doomed for name in self._initializer_names]
         if len(flags) == len(self.proto.initializer):

@@ -66,6 +66,17 @@ class FixOutcome:
     bytes_saved: int
     notes: list[str]
     seconds: float
+    # Main-graph initializers (by name) whose values are still numpy arrays: their TensorProtos hold no
+    # data until `materialize()`; bnlint.safe_io writes them straight from the arrays.
+    detached: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def materialize(self) -> None:
+        """Put every detached array into its TensorProto (for callers that use the model in memory)."""
+        for tensor in self.model.graph.initializer:
+            array = self.detached.get(tensor.name)
+            if array is not None and not tensor.HasField("raw_data"):
+                tensor.raw_data = array.tobytes()
+        self.detached = {}
 
     @property
     def changes(self) -> list[Change]:
@@ -80,8 +91,12 @@ class FixOutcome:
         return bool(self.changes)
 
 
-def fix_model(model: onnx.ModelProto, path: str, codes) -> FixOutcome:
-    """Rewrite `model` in place with the fixes of the selected rule codes."""
+def fix_model(model: onnx.ModelProto, path: str, codes, *, detach: bool = False) -> FixOutcome:
+    """Rewrite `model` in place with the fixes of the selected rule codes.
+
+    With `detach`, large new weights stay numpy arrays in `outcome.detached` (their TensorProtos hold no
+    data): for a caller that writes the model with bnlint.safe_io, which streams them. Otherwise every
+    value is in the model when this returns."""
     started = time.perf_counter()
     codes = tuple(code for code in FIX_CODES if code in set(codes))
     names = NameAllocator(model)
@@ -97,8 +112,11 @@ def fix_model(model: onnx.ModelProto, path: str, codes) -> FixOutcome:
     outcome = FixOutcome(model, codes, passes, BnSummary(), nodes_before, nodes_before - removed,
                          sum(live.bytes_removed - live.bytes_added for live in lives), _notes(lives, model.ir_version),
                          0.0)
+    outcome.detached = {tensor.name: array for tensor, array in main.detached.values()}
     if os.environ.get(PERTURB_ENV) == "1":
-        _perturb_first_new_weight(model, outcome.changes)
+        _perturb_first_new_weight(model, outcome.changes, outcome.detached)
+    if not detach:
+        outcome.materialize()
     outcome.bn = _summarize_bn(lives, outcome)
     outcome.seconds = time.perf_counter() - started
     return outcome
@@ -167,7 +185,7 @@ def _notes(lives: list[LiveGraph], ir_version: int) -> list[str]:
     return notes
 
 
-def _perturb_first_new_weight(model: onnx.ModelProto, changes: list[Change]) -> None:
+def _perturb_first_new_weight(model: onnx.ModelProto, changes: list[Change], detached: dict) -> None:
     """Test-only (BNLINT_TEST_PERTURB_WEIGHT=1): damage the first tensor a rewrite created that is still in
     the model, so tests can prove that failed verification writes nothing, exits 1 and names the rewrite."""
     present = {tensor.name: tensor for tensor in model.graph.initializer}
@@ -175,7 +193,10 @@ def _perturb_first_new_weight(model: onnx.ModelProto, changes: list[Change]) -> 
     if wanted is None:
         return
     tensor = present[wanted]
-    values = numpy_helper.to_array(tensor).copy()
+    values = (detached[wanted] if wanted in detached else numpy_helper.to_array(tensor)).copy()
     flat = values.reshape(-1)
     flat[0] = flat[0] + 1.0 + 10.0 * float(np.max(np.abs(flat.astype(np.float64))))
-    tensor.CopyFrom(numpy_helper.from_array(values, wanted))
+    if wanted in detached:
+        detached[wanted] = values
+    else:
+        tensor.CopyFrom(numpy_helper.from_array(values, wanted))

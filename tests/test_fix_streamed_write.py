@@ -1,0 +1,108 @@
+"""Large folded weights stay numpy arrays until the writer streams them (bnlint.inline_writer), and
+large inline tensors are written from their own buffers: the files must load as the same model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bnlint.fix import fix_model
+from bnlint.inline_writer import plan_inline
+from bnlint.safe_io import prepare_save
+from bnlint.tensors import to_array
+
+CHANNELS = 128  # 128 x 128 x 3 x 3 float32 = 576 KiB; x2 below makes the Conv weight > 1 MiB
+
+
+def _model(channels: int = CHANNELS) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((2 * channels, channels, 3, 3)).astype(np.float32)
+    extra = rng.standard_normal((1 << 19,)).astype(np.float32)  # 2 MiB, unchanged by the fix
+    c = 2 * channels
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(extra, "unused_big"),
+             numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "scale"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
+             numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "var")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_detached_weights_are_not_in_the_protobuf_until_materialized():
+    model = _model()
+    outcome = fix_model(model, "m.onnx", ["BN004"], detach=True)
+    assert list(outcome.detached) == ["conv_weight_bnfold"]
+    stub = next(t for t in model.graph.initializer if t.name == "conv_weight_bnfold")
+    assert not stub.HasField("raw_data")
+    expected = outcome.detached["conv_weight_bnfold"].copy()
+    outcome.materialize()
+    assert np.array_equal(numpy_helper.to_array(stub), expected)
+    assert outcome.detached == {}
+
+
+def test_default_fix_model_returns_a_complete_model():
+    model = _model()
+    outcome = fix_model(model, "m.onnx", ["BN004"])
+    assert outcome.detached == {}
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_streamed_file_equals_the_materialized_model(tmp_path, external):
+    reference = _model()
+    fix_model(reference, "m.onnx", ["BN004"])
+    model = _model()
+    outcome = fix_model(model, "m.onnx", ["BN004"], detach=True)
+    out = tmp_path / "out.onnx"
+    pending = prepare_save(model, out, source_path=tmp_path / "m.onnx", external=external, arrays=outcome.detached)
+    pending.commit()
+    written = onnx.load(str(out))
+    onnx.checker.check_model(str(out))
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in reference.graph.node]
+    got, want = _initializers(written), _initializers(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+    assert (pending.data_path is not None) == external
+
+
+def test_inline_plan_splices_every_large_tensor():
+    model = _model()
+    plan = plan_inline(model, {})
+    assert sorted(plan.large) == [0, 1]  # the untouched Conv weight and the unused 2 MiB tensor
+    data = b"".join(bytes(piece) for piece, _ in plan.pieces)
+    parsed = onnx.ModelProto()
+    parsed.ParseFromString(data)
+    assert parsed.graph.initializer[0].name == "w"
+    assert np.array_equal(_initializers(parsed)["unused_big"], _initializers(_model())["unused_big"])
+
+
+def test_a_checker_rejection_writes_nothing(tmp_path):
+    from bnlint.safe_io import WriteError
+
+    model = _model()
+    model.graph.node[0].input[0] = "missing"
+    with pytest.raises(WriteError, match="checker"):
+        prepare_save(model, tmp_path / "out.onnx", source_path=tmp_path / "m.onnx", external=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_external_tensor_read_directly_into_an_array(tmp_path):
+    values = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    (tmp_path / "w.bin").write_bytes(b"\0" * 16 + values.tobytes())
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2, 3, 4])
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "w.bin"), ("offset", "16"), ("length", str(values.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    got = to_array(tensor, str(tmp_path / "m.onnx"), tmp_path)
+    assert got.dtype == np.float32 and np.array_equal(got, values)
