@@ -306,10 +306,19 @@ def load_onnx(path: str | os.PathLike, *, max_size: int | None = None) -> onnx.M
     model = parse_model(path, data)
     check_versions(path, model)
     check_default_domain_imported(path, model)
-    keys = data.count(b"location")
-    if keys:
-        check_external_tensors(path, model, keys)
+    nodes = len(model.graph.node) + sum(len(function.node) for function in model.functions)
+    if len(data) > _BYTES_PER_NODE * max(nodes, 1):
+        check_external_tensors(path, model)  # weight-heavy: walking every tensor beats scanning the bytes
+    else:
+        keys = data.count(b"location")
+        if keys:
+            check_external_tensors(path, model, keys)
     return model
+
+
+# Scanning the file for `location` costs ~0.3 ns a byte, walking the model's tensors ~1 us a node: past this
+# many bytes per node the walk is cheaper (a 1.5 GB file of 30 nodes: 0.5 s of scanning vs microseconds).
+_BYTES_PER_NODE = 4096
 
 
 # -- structure checks, called by bnlint.graph where it already walks the nodes ----------------------------

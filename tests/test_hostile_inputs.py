@@ -13,6 +13,7 @@ from pathlib import Path
 import make_corpus
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 from conftest import REPO
 
@@ -162,6 +163,19 @@ def test_location_word_in_names_does_not_hide_external_tensors(tmp_path):
     make_corpus.externalize(model, tmp_path)
     make_corpus.set_external(model.graph.initializer[4], "location", "../escape.bin")
     make_corpus.save(model, tmp_path / "m.onnx")
+    with pytest.raises(LoadError, match="escapes the model's folder"):
+        load_onnx(tmp_path / "m.onnx")
+
+
+def test_weight_heavy_model_still_validates_every_external_tensor(tmp_path):
+    """A file with many bytes per node is validated by walking its tensors instead of scanning its bytes:
+    an escaping external reference next to a large inline weight is still refused."""
+    model = make_corpus.conv_bn_relu()
+    make_corpus.externalize(model, tmp_path)
+    make_corpus.set_external(model.graph.initializer[4], "location", "../escape.bin")
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1 << 16, np.float32), "ballast"))
+    make_corpus.save(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").stat().st_size > 4096 * len(model.graph.node)
     with pytest.raises(LoadError, match="escapes the model's folder"):
         load_onnx(tmp_path / "m.onnx")
 
