@@ -24,6 +24,7 @@ REQUIRED = ("id", "slug", "title", "severity", "tags", "summary", "rationale", "
 CITATION_KEYS = ("authors", "title", "venue", "year", "arxiv", "doi", "url", "section", "claim", "stance")
 
 
+@lru_cache(maxsize=1)
 def rules_dir() -> Path:
     """The installed copy inside the package, or the repository's `rules/` in a source checkout."""
     packaged = Path(__file__).parent / "_rules"
@@ -203,6 +204,7 @@ def all_rule_docs() -> dict[str, RuleDoc]:
 _CODE = re.compile(r"[A-Z]+[0-9]+")
 
 
+@lru_cache(maxsize=None)
 def rule_doc(code: str) -> RuleDoc | None:
     """One rule's document; only its own file is parsed (lint needs the docs of the rules that fired)."""
     code = code.upper()

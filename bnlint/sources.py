@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from bnlint.errors import LoadError
@@ -74,7 +75,22 @@ def _load_torch(target: str, torch_options=None) -> Model:
 
 def display_path(path: str) -> str:
     """Paths relative to the current directory when inside it, for short, stable output."""
+    cwd = os.getcwd()
+    absolute = os.path.join(cwd, path)
+    folder, name = os.path.split(absolute)
+    if not name or os.path.islink(absolute):  # a link is shown where it points
+        shown = _resolved_relative(absolute, cwd)
+    else:  # each folder is resolved once, not once per file in it (folder mode shows thousands)
+        shown = _resolved_relative(folder, cwd)
+        if shown is not None:
+            shown = name if shown == "." else f"{shown}/{name}"
+    return path if shown is None else shown
+
+
+@lru_cache(maxsize=4096)
+def _resolved_relative(path: str, cwd: str) -> str | None:
+    """`path` with symlinks resolved, relative to the resolved `cwd` (POSIX), or None when outside it."""
     try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+        return Path(path).resolve().relative_to(Path(cwd).resolve()).as_posix()
     except (ValueError, OSError):
-        return path
+        return None

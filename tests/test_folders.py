@@ -242,3 +242,25 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal_or_quiet(tmp_path, run_cl
     assert "checking models" not in piped.stderr and "\x1b[" not in piped.stderr
     code, _, terminal = run_with_tty_stderr(["check", "models", "--quiet"], tmp_path)
     assert code == 1 and "checking models" not in terminal
+
+
+def test_display_path_resolves_folders_and_links(tmp_path, monkeypatch):
+    from bnlint.sources import display_path
+
+    (tmp_path / "work" / "models").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "work" / "models" / "m.onnx").write_bytes(b"")
+    (tmp_path / "work" / "via").symlink_to(tmp_path / "work" / "models")
+    (tmp_path / "work" / "link.onnx").symlink_to(tmp_path / "work" / "models" / "m.onnx")
+    (tmp_path / "other" / "o.onnx").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "work")
+    for _ in range(2):  # the second round answers from the folder cache
+        assert display_path("m.onnx") == "m.onnx"
+        assert display_path("models/m.onnx") == "models/m.onnx"
+        assert display_path(str(tmp_path / "work" / "models" / "m.onnx")) == "models/m.onnx"
+        assert display_path("via/m.onnx") == "models/m.onnx"
+        assert display_path("link.onnx") == "models/m.onnx"
+        assert display_path("../other/o.onnx") == "../other/o.onnx"
+    monkeypatch.chdir(tmp_path / "work" / "models")  # the cache is per working directory
+    assert display_path("m.onnx") == "m.onnx"
+    assert display_path(str(tmp_path / "work" / "link.onnx")) == "m.onnx"
