@@ -9,7 +9,6 @@ Baselines, SARIF `partialFingerprints` and GitLab `fingerprint`s all use it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -85,6 +84,8 @@ def node_identity(finding: Finding) -> str:
 
 def fingerprint(finding: Finding, root: Path) -> str:
     """A 32-hex-digit hash of rule, model path relative to the root and node identity."""
+    import hashlib  # here: plain `check` runs never fingerprint
+
     key = "\x1f".join((FINGERPRINT_VERSION, finding.code, relative_to_root(finding.location.file, root),
                        node_identity(finding)))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
