@@ -134,6 +134,8 @@ class Graph:
     producer/consumer maps, Node objects, initializer and value_info tables are built on first use.
     """
 
+    memoize_shapes = True  # a subclass that edits initializers or value_info must turn this off
+
     def __init__(
         self,
         model: ModelInfo,
@@ -394,7 +396,21 @@ class Graph:
         return None
 
     def shape_of(self, name: str) -> tuple | None:
-        """Static shape from value_info / inputs / outputs / constants (dims may be strings), or None."""
+        """Static shape from value_info / inputs / outputs / constants (dims may be strings), or None.
+        Remembered per name: several rules ask for the same BN and weight shapes."""
+        if not self.memoize_shapes:
+            return self._find_shape(name)
+        shapes = self._shapes
+        if name in shapes:
+            return shapes[name]
+        shape = shapes[name] = self._find_shape(name)
+        return shape
+
+    @cached_property
+    def _shapes(self) -> dict[str, tuple | None]:
+        return {}
+
+    def _find_shape(self, name: str) -> tuple | None:
         if self.parent is None and name not in self._value_info:  # the common case: a main-graph weight
             tensor = self._initializers.get(name)
             if tensor is not None:
