@@ -17,6 +17,11 @@ dataclasses).
     from bnlint.isolation import run_isolated, check_model
     check_model("model.onnx")                                  # onnx.checker, isolated
     result = run_isolated(compare_models, a, b, options, label=f"verifying {b}", timeout=600)
+    helper = start_isolated(fn, *args, ...); ...; helper.result()   # started now, collected later
+
+An isolated task may start a helper of its own (verification computes its float64 reference beside the
+two sessions): die_with_parent=True makes the kernel kill the helper with the task, and
+share_memory_cap() splits the task's remaining memory budget between the two.
 
 bnlint fix/verify use it through bnlint.verify.compare_isolated (the whole comparison in one child) and
 bnlint.safe_io (the checker on the written file).
@@ -53,37 +58,67 @@ def run_isolated(fn: Callable[..., Any], *args, timeout: float | None = DEFAULT_
     """`fn(*args, **kwargs)` in a child process; see the module docstring for what can go wrong.
 
     `memory_bytes` caps the address space the task may add to what the child has at start (None: no
-    cap); `timeout` is wall-clock seconds (None: none); `label` names the work in errors (include the
+    new cap; a cap this process has applies to the child too); `timeout` is wall-clock seconds (None: none); `label` names the work in errors (include the
     model's file name); the hints say how to raise each limit ("raise it with --verify-timeout")."""
-    label = label or getattr(fn, "__qualname__", "isolated task")
-    extra = f"; {memory_hint}" if memory_hint else ""
+    return start_isolated(fn, *args, timeout=timeout, memory_bytes=memory_bytes, label=label,
+                          timeout_hint=timeout_hint, memory_hint=memory_hint, **kwargs).result()
+
+
+def start_isolated(fn: Callable[..., Any], *args, timeout: float | None = DEFAULT_TIMEOUT,
+                   memory_bytes: int | None = DEFAULT_MEMORY_BYTES, label: str | None = None,
+                   timeout_hint: str | None = None, memory_hint: str | None = None, die_with_parent: bool = False,
+                   **kwargs) -> Isolated:
+    """run_isolated's child, started now; the caller does other work, then calls result() (or cancel()).
+    The timeout counts from result(). `die_with_parent` (Linux): the kernel kills the child when this
+    process dies, so work started from inside an isolated task cannot outlive it (a timeout kills that
+    task with SIGKILL, which runs no cleanup)."""
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, fn, args, kwargs, memory_bytes), daemon=True)
+    child = context.Process(target=_child_main, args=(sender, fn, args, kwargs, memory_bytes, die_with_parent),
+                            daemon=True)
     child.start()
     sender.close()
-    try:
-        message = _receive(receiver, child, timeout)
-    finally:
-        receiver.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
-    if message is None:
-        raise _death(label, child.exitcode, f"probably the memory cap{extra}" if memory_bytes is not None
-                     else "out of memory?")
-    kind, payload = message
-    if kind == "ok":
-        return payload
-    if kind == "timeout":
-        later = f"; {timeout_hint}" if timeout_hint else ""
-        raise IsolationError(f"{label}: timed out after {timeout:g} s (stopped{later})", "timeout")
-    if kind == "memory":
-        raise IsolationError(f"{label}: ran out of memory (cap {_human(memory_bytes)}{extra}): {payload}",
-                             "memory")
-    if kind == "bnlint":
-        raise _rebuilt(*payload)
-    raise IsolationError(f"{label}: failed: {payload}", "error")
+    return Isolated(child, receiver, label or getattr(fn, "__qualname__", "isolated task"), timeout, memory_bytes,
+                    timeout_hint, memory_hint)
+
+
+class Isolated:
+    """A task running in a child process (start_isolated)."""
+
+    def __init__(self, child, receiver, label: str, timeout, memory_bytes, timeout_hint, memory_hint):
+        self.child, self.receiver, self.label, self.timeout = child, receiver, label, timeout
+        self.memory_bytes, self.timeout_hint, self.memory_hint = memory_bytes, timeout_hint, memory_hint
+
+    def cancel(self) -> None:
+        """Stop the child (if it still runs) and release it; its result is dropped."""
+        self.receiver.close()
+        if self.child.is_alive():
+            self.child.kill()
+        self.child.join()
+
+    def result(self) -> Any:
+        """The task's return value, or IsolationError / the task's BnlintError (see run_isolated)."""
+        try:
+            message = _receive(self.receiver, self.child, self.timeout)
+        finally:
+            self.cancel()
+        label, memory_bytes = self.label, self.memory_bytes
+        extra = f"; {self.memory_hint}" if self.memory_hint else ""
+        if message is None:
+            raise _death(label, self.child.exitcode, f"probably the memory cap{extra}" if memory_bytes is not None
+                         else "out of memory?")
+        kind, payload = message
+        if kind == "ok":
+            return payload
+        if kind == "timeout":
+            later = f"; {self.timeout_hint}" if self.timeout_hint else ""
+            raise IsolationError(f"{label}: timed out after {self.timeout:g} s (stopped{later})", "timeout")
+        if kind == "memory":
+            cap = _human(memory_bytes) if memory_bytes is not None else "that of the process that started it"
+            raise IsolationError(f"{label}: ran out of memory (cap {cap}{extra}): {payload}", "memory")
+        if kind == "bnlint":
+            raise _rebuilt(*payload)
+        raise IsolationError(f"{label}: failed: {payload}", "error")
 
 
 def _receive(receiver, child, timeout: float | None):
@@ -131,10 +166,14 @@ def _human(size: int | None) -> str:
 
 
 # -- the child ---------------------------------------------------------------------------------------------
-def _child_main(sender, fn, args, kwargs, memory_bytes) -> None:
+def _child_main(sender, fn, args, kwargs, memory_bytes, die_with_parent=False) -> None:
     import faulthandler
 
     faulthandler.disable()  # a crash is reported by the parent in one line, not as a stack dump here
+    if die_with_parent:
+        _die_with_parent()
+    # A daemonic process may not start children; this one's are cancelled by the task or die with it.
+    multiprocessing.current_process().daemon = False
     _limit_resources(memory_bytes)
     try:
         message = ("ok", fn(*args, **kwargs))
@@ -168,6 +207,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return
+    if os.getppid() == 1:  # the parent died before the request: nobody waits for this task
+        os._exit(1)
+
+
 def _limit_resources(memory_bytes: int | None) -> None:
     try:
         import resource
@@ -187,6 +240,26 @@ def _limit_resources(memory_bytes: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     except (ValueError, OSError):  # pragma: no cover - e.g. macOS refuses RLIMIT_AS
         pass
+
+
+def share_memory_cap() -> int | None:
+    """Halve what this process may still add to its address space under its cap (RLIMIT_AS) and return
+    the other half, the memory_bytes of a helper it starts next: together they stay within the cap it
+    was given. None when it has no cap (nor the helper then)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    used = _address_space()
+    if soft == resource.RLIM_INFINITY or not used:
+        return None
+    share = max(soft - used, 0) // 2
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (used + share, hard))
+    except (ValueError, OSError):  # pragma: no cover
+        return None
+    return share
 
 
 def _address_space() -> int:

@@ -2,10 +2,11 @@
 
 Float initializers, constants, inputs, outputs and Cast targets become double. onnxruntime's CPU provider
 has no double kernel for Conv, ConvTranspose, GlobalAveragePool or GlobalMaxPool, so those are rewritten
-into ops it does run in double: a convolution becomes one MatMul per kernel tap over strided slices of
-the padded input (a transposed convolution first inserts zeros between input elements); global pools
-become ReduceMean / ReduceMax. Any other op without a double kernel is computed in float32 between two
-Casts, and the verification report says which ops were.
+into ops it does run in double: a convolution becomes, when its input's spatial shape is known, one Gather
+of every window of the padded input and one Einsum with the weight (few nodes keep the session cheap),
+else one MatMul per kernel tap over strided slices of the padded input (a transposed convolution first
+inserts zeros between input elements); global pools become ReduceMean / ReduceMax. Any other op without a
+double kernel is computed in float32 between two Casts, and the verification report says which ops were.
 """
 
 from __future__ import annotations
@@ -35,21 +36,30 @@ class NoReference(Exception):
     """The model cannot be turned into a float64 copy; the message says why."""
 
 
-def float64_copy(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto:
-    """A float64 copy of `model` (external data read into it), with ops lowered for onnxruntime."""
+def refusal(model: onnx.ModelProto) -> str | None:
+    """Why no float64 copy of `model` is made (None: one can be tried); cheap, nothing is copied."""
     float_bytes = sum(tensor_nbytes(t) or 0 for t, _ in iter_all_tensors(model) if t.data_type in NARROW_FLOATS)
     if float_bytes > MAX_REFERENCE_BYTES:
-        raise NoReference(f"{float_bytes / 2**30:.1f} GiB of float parameters is too large for a float64 copy")
+        return f"{float_bytes / 2**30:.1f} GiB of float parameters is too large for a float64 copy"
     if model.functions:
-        raise NoReference("the model has local functions")
+        return "the model has local functions"
+    return None
+
+
+def float64_copy(model: onnx.ModelProto, model_path: str, *, checked: bool = False) -> onnx.ModelProto:
+    """A float64 copy of `model` (external data read into it), with ops lowered for onnxruntime;
+    `checked`: the caller has already seen refusal(model) return None."""
+    reason = None if checked else refusal(model)
+    if reason is not None:
+        raise NoReference(reason)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     base_dir = Path(model_path).parent
     keep_float32 = _float32_only_names(copy.graph)
     for graph in _graphs(copy.graph):
         _widen_graph(graph, model_path, base_dir, keep_float32)
-    shapes = _inferred_shapes(copy)
-    _lower(copy, shapes)
+    lowered_inputs = {n.input[0] for n in copy.graph.node if n.op_type in LOWERED and n.input}
+    _lower(copy, _inferred_shapes(copy, lowered_inputs))
     return copy
 
 
@@ -110,8 +120,15 @@ def _widen_type(value: onnx.ValueInfoProto) -> None:
 def _widen_tensor(tensor: onnx.TensorProto, model_path: str, base_dir: Path) -> None:
     if tensor.data_type not in NARROW_FLOATS:
         return
-    values = to_array(tensor, model_path, base_dir).astype(np.float64)
-    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    raw = tensor.raw_data if tensor.data_type == FLOAT and tensor.data_location != onnx.TensorProto.EXTERNAL else b""
+    if raw and len(raw) == tensor_nbytes(tensor):  # the common case, without to_array's general checks
+        values = np.frombuffer(raw, "<f4").astype("<f8")
+    else:
+        values = to_array(tensor, model_path, base_dir).astype("<f8")
+    name, dims = tensor.name, list(tensor.dims)
+    tensor.Clear()
+    tensor.name, tensor.data_type, tensor.raw_data = name, DOUBLE, values.tobytes()
+    tensor.dims.extend(dims)
 
 
 def _widen_graph(graph: onnx.GraphProto, model_path: str, base_dir: Path, keep_float32: set[str]) -> None:
@@ -136,8 +153,9 @@ def _widen_graph(graph: onnx.GraphProto, model_path: str, base_dir: Path, keep_f
                 node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(values)))
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
-    """name -> (elem_type, shape with None for unknown dims) from ONNX shape inference."""
+def _inferred_shapes(model: onnx.ModelProto, wanted: set[str] | None = None) -> dict[str, tuple[int, tuple | None]]:
+    """name -> (elem_type, shape with None for unknown dims) from ONNX shape inference; only the `wanted`
+    names when given (reading every value of a deep model costs more than the inference)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # inference is best effort: lowering then falls back per op
@@ -145,15 +163,16 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | Non
     found = {}
     for graph in _graphs(inferred.graph):
         for value in (*graph.input, *graph.output, *graph.value_info):
-            if not value.type.HasField("tensor_type"):
+            if (wanted is not None and value.name not in wanted) or not value.type.HasField("tensor_type"):
                 continue
             tensor_type = value.type.tensor_type
             shape = None
             if tensor_type.HasField("shape"):
                 shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
             found[value.name] = (tensor_type.elem_type, shape)
-        for tensor in graph.initializer:
-            found[tensor.name] = (tensor.data_type, tuple(tensor.dims))
+        if wanted is None or not wanted <= found.keys():
+            for tensor in graph.initializer:
+                found[tensor.name] = (tensor.data_type, tuple(tensor.dims))
     return found
 
 
@@ -164,6 +183,7 @@ class _Names:
         self.used |= {t.name for t in graph.initializer}
         self.used |= {o for n in graph.node for o in n.output}
         self.next_suffix: dict[str, int] = {}
+        self.shared: dict[tuple, str] = {}  # small integer constants already added, by content
 
     def new(self, hint: str) -> str:
         """A fresh name; the suffix counter per hint keeps this O(1) (scanning from 0 was quadratic)."""
@@ -180,13 +200,22 @@ class _Names:
 class _Emitter:
     """Builds replacement nodes for one lowered node, opset-aware (attribute vs input forms)."""
 
-    def __init__(self, graph: onnx.GraphProto, names: _Names, opset: int):
+    def __init__(self, graph: onnx.GraphProto, names: _Names, opset: int, constants=None):
         self.graph, self.names, self.opset = graph, names, opset
+        self.constants = constants if constants is not None else {}
         self.nodes: list[onnx.NodeProto] = []
 
     def const(self, array: np.ndarray, hint: str) -> str:
+        """An initializer holding `array`; integer arrays (shapes, axes, pads, gather indices) are shared
+        by every node that needs the same values: each initializer costs onnxruntime session time."""
+        array = np.ascontiguousarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.dtype.kind in "iu" else None
+        if key is not None and key in self.names.shared:
+            return self.names.shared[key]
         name = self.names.new(hint)
-        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self.names.shared[key] = name
         return name
 
     def op(self, op_type: str, inputs, hint: str, output: str | None = None, **attrs) -> str:
@@ -245,7 +274,7 @@ def _lower(model: onnx.ModelProto, shapes) -> None:
         if node.op_type not in LOWERED or node.domain not in ("", "ai.onnx"):
             rebuilt.append(node)
             continue
-        emitter = _Emitter(graph, names, opset)
+        emitter = _Emitter(graph, names, opset, constants)
         try:
             if node.op_type == "Conv":
                 _lower_conv(emitter, node, constants, shapes)
@@ -315,8 +344,12 @@ def _block_diagonal(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _conv_taps(emitter: _Emitter, x: str, weight: np.ndarray, bias: str | None, strides, dilations,
-               begin, end, output: str) -> None:
-    """Y = conv(x, weight) as a sum over kernel taps of MatMul(strided slice of padded x, weight tap)."""
+               begin, end, output: str, sizes=None) -> None:
+    """Y = conv(x, weight) as a sum over kernel taps of MatMul(strided slice of padded x, weight tap).
+    With the spatial `sizes` of x known, one gathered Einsum instead (_conv_gathered)."""
+    if sizes is not None and emitter.opset >= 12 and \
+            _conv_gathered(emitter, x, weight, bias, strides, dilations, begin, end, output, sizes):
+        return
     kernel = weight.shape[2:]
     spatial = len(kernel)
     rank = spatial + 2
@@ -339,6 +372,51 @@ def _conv_taps(emitter: _Emitter, x: str, weight: np.ndarray, bias: str | None, 
     emitter.op("Transpose", [total], "nchw", output, perm=[0, rank - 1, *range(1, rank - 1)])
 
 
+MAX_GATHERED_ELEMENTS = 1 << 24  # window values per batch item (128 MiB as double) above which taps are used
+
+
+def _conv_gathered(emitter: _Emitter, x: str, weight: np.ndarray, bias: str | None, strides, dilations,
+                   begin, end, output: str, sizes) -> bool:
+    """Y = conv(x, weight) in at most six nodes: every window is gathered from the flattened padded input with one
+    index table (im2col), then one Einsum with the weight. Few nodes and initializers keep the float64
+    copy's onnxruntime session cheap (the taps form needs ~25 nodes per 3x3 Conv). False when the output
+    would be empty or the windows too large; the caller then uses the taps form."""
+    kernel = weight.shape[2:]
+    spatial = len(kernel)
+    padded = [n + b + e for n, b, e in zip(sizes, begin, end)]
+    outs = [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilations, strides)]
+    taps = int(np.prod(kernel))
+    positions = int(np.prod(outs)) if all(o > 0 for o in outs) else 0
+    if positions == 0 or any(p <= 0 for p in padded) or weight.shape[1] * positions * taps > MAX_GATHERED_ELEMENTS:
+        return False
+    geometry = ("windows", tuple(padded), tuple(kernel), tuple(strides), tuple(dilations))
+    index = emitter.names.shared.get(geometry)
+    if index is None:  # one table per geometry, however many Convs share it
+        starts = np.meshgrid(*[np.arange(o) * s for o, s in zip(outs, strides)], indexing="ij")
+        offsets = np.meshgrid(*[np.arange(k) * d for k, d in zip(kernel, dilations)], indexing="ij")
+        coordinates = [start.reshape(-1, 1) + offset.reshape(1, -1) for start, offset in zip(starts, offsets)]
+        table = np.ravel_multi_index(coordinates, padded).astype(np.int64)  # [positions, taps]
+        index = emitter.names.shared[geometry] = emitter.const(table, "windows")
+    x = emitter.pad(x, spatial + 2, begin, end)
+    flat = emitter.op("Reshape", [x, emitter.const(np.asarray([0, 0, -1], np.int64), "shape")], "flat")
+    windows = emitter.op("Gather", [flat, index], "windows", axis=2)  # [N, C, P, K]
+    matrix = emitter.const(weight.reshape(weight.shape[0], weight.shape[1], taps), "weight")  # [M, C, K]
+    product = emitter.op("Einsum", [windows, matrix], "product", equation="ncpk,mck->nmp")
+    shape = emitter.const(np.asarray([0, weight.shape[0], *outs], np.int64), "shape")
+    if not bias:
+        emitter.op("Reshape", [product, shape], "conv", output)
+        return True
+    grid = emitter.op("Reshape", [product, shape], "conv")
+    constant = emitter.constants.get(bias)
+    if constant is not None:
+        values = numpy_helper.to_array(constant).astype(np.float64)
+        column = emitter.const(values.reshape(-1, *[1] * spatial), "bias")
+    else:
+        column = emitter.unsqueeze(bias, list(range(1, spatial + 1)))
+    emitter.op("Add", [grid, column], "biased", output)
+    return True
+
+
 def _lower_conv(emitter: _Emitter, node, constants, shapes) -> None:
     weight = _weight(node, constants)
     spatial = weight.ndim - 2
@@ -357,7 +435,8 @@ def _lower_conv(emitter: _Emitter, node, constants, shapes) -> None:
         begin, end = pads[:spatial], pads[spatial:]
     weight = _block_diagonal(weight, int(_attr(node, "group", 1)))
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    _conv_taps(emitter, node.input[0], weight, bias, strides, dilations, begin, end, node.output[0])
+    _conv_taps(emitter, node.input[0], weight, bias, strides, dilations, begin, end, node.output[0],
+               _spatial_shape(node.input[0], shapes, spatial))
 
 
 def _lower_conv_transpose(emitter: _Emitter, node, constants, shapes) -> None:
@@ -406,7 +485,10 @@ def _lower_conv_transpose(emitter: _Emitter, node, constants, shapes) -> None:
         end = [target - ((n - 1) * s + 1) - b + (k - 1) * d
                for target, n, s, b, k, d in zip(targets, sizes, strides, begin, kernel, dilations)]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    _conv_taps(emitter, x, conv_weight, bias, [1] * spatial, dilations, begin, end, node.output[0])
+    sizes = _spatial_shape(node.input[0], shapes, spatial)
+    if sizes is not None:  # the size of x once zeros are inserted
+        sizes = [(n - 1) * s + 1 for n, s in zip(sizes, strides)]
+    _conv_taps(emitter, x, conv_weight, bias, [1] * spatial, dilations, begin, end, node.output[0], sizes)
 
 
 def _insert_zeros(emitter: _Emitter, x: str, strides, spatial: int) -> str:

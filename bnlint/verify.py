@@ -9,7 +9,10 @@ Per output, errors are measured relative to the largest |value| of the same chan
 tensor for rank < 2), floored at 1e-3 of the output's largest |value|:
     err(M) = max |M - ref| / scale(channel)
 and the second model passes when err(second) <= 8 * err(first) + 4 * u, with u the unit roundoff of the
-output's type. Rounding errors of two equivalent computations are random draws (a fold reassociates
+output's type. The copy costs more than both sessions together, so it is built only when needed: each
+model gets one session that runs every input set, and when the two agree within 4u of each channel's
+scale the rule above is implied whatever err(first) is (agreement_limit), so they pass without it.
+Rounding errors of two equivalent computations are random draws (a fold reassociates
 sums), so a near miss (within 16x of the limit) is re-checked on 12 more input sets pooled with the
 first. A wrong fold of a tiny-variance channel is caught (its channel scale is its own), and a valid
 fold of a huge-scale channel passes (its errors are measured against its own scale), where a fixed atol
@@ -19,7 +22,9 @@ report says so; --rtol/--atol choose a fixed tolerance explicitly.
 onnxruntime runs on files from contributors, so the CLI runs the whole comparison in one child process
 (`compare_isolated`, bnlint.isolation) under a wall-clock timeout and an address-space cap (by default
 MEMORY_FLOOR plus MEMORY_FACTOR times the bytes of both models' tensors): a crash, a hang or a memory bomb
-becomes a one-line error (exit 2) instead of a dead or swapping machine.
+becomes a one-line error (exit 2) instead of a dead or swapping machine. That child forks a helper that
+builds and runs the float64 copy while it creates and runs the two sessions (the two share the cap and
+the helper dies with the child); the helper is cancelled when the models agree without it.
 
 onnxruntime reads models up to some IR version (13 for 1.31) while onnx writes a newer one by default (14
 for 1.23); sessions run on a copy stamped with the highest IR version onnxruntime reads when the model's
@@ -28,6 +33,7 @@ opsets allow it (the IR version a model needs follows from its opsets, onnx.help
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -502,18 +508,37 @@ def compare_models(first_path: str, second_path: str, options: VerifyOptions,
     feeds = make_input_sets(first_model, options, first_label)
     names = [o.name for o in first_model.graph.output]
     notes: list[str] = []
+    reason = None
+    if not options.fixed:
+        from bnlint.reference64 import refusal
+
+        reason = refusal(first_model)
+    helper = None if options.fixed or reason else _start_reference(first_model, str(first_path), feeds, names)
     try:
-        sessions = (_open(str(first_path), first_label), _open(str(second_path), second_label))
-        nominal = None
-        reference = None if options.fixed else _reference_session(first_model, str(first_path), notes)
-    except VerifyError as native:
-        sessions = _widened_sessions(first_model, second_model, str(first_path), str(second_path), native)
-        nominal = {o.name: _declared_dtype(o) for o in first_model.graph.output}
-        reference = None
-        notes.append(f"onnxruntime cannot run the models as they are ({native}); compared float64 copies, "
-                     "which hold the same weights exactly, with the fixed tolerance of the declared type")
-    runs = _Runs(sessions, reference, names, (first_label, second_label), notes, nominal)
-    runs.collect(feeds)
+        try:
+            sessions = (_open(str(first_path), first_label), _open(str(second_path), second_label))
+            nominal = None
+        except VerifyError as native:
+            sessions = _widened_sessions(first_model, second_model, str(first_path), str(second_path), native)
+            nominal = {o.name: _declared_dtype(o) for o in first_model.graph.output}
+            notes.append(f"onnxruntime cannot run the models as they are ({native}); compared float64 copies, "
+                         "which hold the same weights exactly, with the fixed tolerance of the declared type")
+        runs = _Runs(sessions, None, names, (first_label, second_label), notes, nominal)
+        runs.collect(feeds)
+        if nominal is None and not options.fixed:
+            if reason is not None:
+                notes.append(f"no float64 reference: {reason}")
+            else:
+                agreement, worst = agreement_checks(runs.names, runs.firsts, runs.seconds)
+                if worst <= 1.0:
+                    return VerifyResult(True, agreement, AGREEMENT_MODE, notes, len(feeds))
+                if math.isfinite(worst):
+                    notes.append(f"the outputs differ from the original's by {worst:.3g} x what is accepted without "
+                                 f"a float64 reference ({AGREEMENT_ULPS:g}u of a channel's largest |value|)")
+                _attach_reference(runs, helper, first_model, str(first_path), notes)
+    finally:
+        if helper is not None:
+            helper.cancel()
     comparator, checks = runs.compare(options)
     if not all(c.ok for c in checks) and runs.reference is not None and _near_miss(checks):
         # Rounding errors of two equivalent models are random draws; with few values per channel the
@@ -558,6 +583,102 @@ def _widened_sessions(first_model, second_model, first_path: str, second_path: s
     return tuple(sessions)
 
 
+def _start_reference(model: onnx.ModelProto, path: str, feeds, names):
+    """The float64 reference's outputs on `feeds`, computed in a forked helper process while this one
+    creates and runs the two sessions (onnxruntime holds the GIL while it builds a session, so a thread
+    would not overlap). Only when forking is safe (onnxruntime not loaded yet, as in the isolated
+    verification child); else None and the reference is built here, if needed. Under a memory cap, each
+    of the two processes gets half of what remains (share_memory_cap); the helper dies with this process
+    and is cancelled when the models agree without it."""
+    from bnlint.isolation import fork_is_safe, share_memory_cap, start_isolated
+
+    if not fork_is_safe():
+        return None
+    return start_isolated(_reference_outputs_task, model, path, feeds, names, timeout=None,
+                          memory_bytes=share_memory_cap(), label=f"{path}: float64 reference", die_with_parent=True)
+
+
+def _reference_outputs_task(model: onnx.ModelProto, path: str, feeds, names):
+    """(the reference's outputs per feed, or None when it cannot run; the notes that say why)."""
+    notes: list[str] = []
+    reference = _reference_session(model, path, notes, checked=True)
+    outputs = []
+    for feed in feeds if reference is not None else ():
+        result = _run_reference(reference, feed, names, notes)
+        if result is None:
+            return None, notes
+        outputs.append(result)
+    return (outputs if reference is not None else None), notes
+
+
+def _attach_reference(runs: _Runs, helper, model: onnx.ModelProto, path: str, notes: list[str]) -> None:
+    """Give `runs` the float64 reference: the helper's outputs (its session is rebuilt here only if more
+    input sets need it), or a session built here."""
+    if helper is None:
+        runs.attach_reference(_reference_session(model, path, notes, checked=True))
+        return
+    outputs, helper_notes = helper.result()
+    notes.extend(helper_notes)
+    if outputs is None:
+        runs.attach_reference(None)
+        return
+    runs.attach_outputs(_RebuiltReference(lambda: _reference_session(model, path, [], checked=True)), outputs)
+
+
+class _RebuiltReference:
+    """A float64 reference whose outputs so far came from the helper process; `run` builds its session
+    here the first time more input sets need it (a near miss)."""
+
+    def __init__(self, build):
+        self.build, self.session = build, None
+
+    def run(self, names, feed):
+        if self.session is None:
+            self.session = self.build()
+            if self.session is None:
+                raise RuntimeError("the float64 copy could not be built again")
+        return self.session.run(names, feed)
+
+
+AGREEMENT_ULPS = FLOOR_ULPS  # the float64 reference is skipped when the models agree this closely (see below)
+AGREEMENT_MODE = (f"float64 reference not needed: |new - original| <= {AGREEMENT_ULPS:g}u x each channel's largest "
+                  f"|value|, which implies err(new) <= {K_FACTOR:g} x err(original) + {FLOOR_ULPS:g}u")
+
+
+def agreement_limit(dtype: str) -> float:
+    """The largest channel-normalized |new - original| accepted without a float64 reference.
+
+    With d that distance, the triangle inequality gives err(new) <= err(original) + d x (1 + err(original))
+    (the channel scales of the original and of the reference differ by at most err(original)), so
+    d <= FLOOR_ULPS x u implies the reference rule err(new) <= K_FACTOR x err(original) + FLOOR_ULPS x u
+    whatever err(original) is; capped at the fallback atol, it also implies the fixed fallback rule. A
+    rewrite the reference would reject is therefore never accepted here; anything farther apart gets the
+    reference."""
+    atol = FALLBACK_TOLERANCE.get(dtype, FALLBACK_TOLERANCE["float32"])[1]
+    return min(AGREEMENT_ULPS * _UNIT_ROUNDOFF.get(dtype, 2.0**-24), atol)
+
+
+def agreement_checks(names, firsts, seconds) -> tuple[list[OutputCheck], float]:
+    """Each output of the second model compared with the first's, without a reference: the checks and
+    the worst distance as a multiple of agreement_limit (<= 1: the rewrite passes; inf: a shape, dtype,
+    NaN pattern or integer difference, which only the full comparison reports)."""
+    checks, worst = [], 0.0
+    for name in names:
+        a, b = [r[name] for r in firsts], [r[name] for r in seconds]
+        check = OutputCheck(name, tuple(a[0].shape), _dtype_name(a[0]))
+        checks.append(check)
+        if any(_basic_problem(x, y) for x, y in zip(a, b)):
+            return checks, math.inf
+        if not _is_float(a[0]):
+            continue
+        for x, y in zip(a, b):
+            _diff_stats(check, x, y)
+        check.err_second = _normalized_error(b, a, _channel_scale(a))
+        check.limit = agreement_limit(check.dtype)
+        worst = max(worst, check.err_second / check.limit if check.limit > 0 else math.inf)
+    return checks, worst
+
+
 NEAR_MISS_RUNS = 12
 NEAR_MISS_FACTOR = 16.0
 
@@ -571,25 +692,42 @@ def _near_miss(checks: list[OutputCheck]) -> bool:
 
 
 class _Runs:
-    """Outputs of both models (and the float64 reference) over the input sets run so far."""
+    """Outputs of both models (and the float64 reference, once attached) over the input sets run so far;
+    each session is created once and runs every input set."""
 
     def __init__(self, sessions, reference, names, labels, notes, nominal=None):
         self.sessions, self.reference, self.names, self.labels, self.notes = sessions, reference, names, labels, notes
         self.nominal = nominal
-        self.firsts, self.seconds, self.refs = [], [], []
+        self.feeds, self.firsts, self.seconds, self.refs = [], [], [], []
 
     def collect(self, feeds) -> None:
         for feed in feeds:
             if self.nominal is not None:
                 feed = _widen_feed(feed)
+            self.feeds.append(feed)
             self.firsts.append(_run(self.sessions[0], feed, self.labels[0], self.names))
             self.seconds.append(_run(self.sessions[1], feed, self.labels[1], self.names))
             if self.reference is not None:
-                outputs = _run_reference(self.reference, feed, self.names, self.notes)
-                if outputs is None:
-                    self.reference, self.refs = None, []
-                else:
-                    self.refs.append(outputs)
+                self._run_reference(feed)
+
+    def attach_reference(self, reference) -> None:
+        """Use `reference` (None: there is none) from now on, running it on the input sets already run."""
+        self.reference, self.refs = reference, []
+        for feed in self.feeds:
+            if self.reference is None:
+                break
+            self._run_reference(feed)
+
+    def attach_outputs(self, reference, outputs) -> None:
+        """Use `reference` from now on, with its `outputs` on the input sets already run."""
+        self.reference, self.refs = reference, list(outputs)
+
+    def _run_reference(self, feed) -> None:
+        outputs = _run_reference(self.reference, feed, self.names, self.notes)
+        if outputs is None:
+            self.reference, self.refs = None, []
+        else:
+            self.refs.append(outputs)
 
     def compare(self, options: VerifyOptions):
         comparator = Comparator(options, use_reference=self.reference is not None, nominal=self.nominal)
@@ -652,11 +790,11 @@ def _check_interfaces(first: onnx.ModelProto, second: onnx.ModelProto, first_lab
         raise VerifyError(f"{second_label}: output(s) {', '.join(missing)} of {first_label} are missing")
 
 
-def _reference_session(model: onnx.ModelProto, path: str, notes: list[str]):
+def _reference_session(model: onnx.ModelProto, path: str, notes: list[str], checked: bool = False):
     from bnlint.reference64 import NoReference, float64_copy, wrap_in_float32
 
     try:
-        copy = float64_copy(model, path)
+        copy = float64_copy(model, path, checked=checked)
     except NoReference as exc:
         notes.append(f"no float64 reference: {exc}")
         return None

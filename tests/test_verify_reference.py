@@ -8,6 +8,7 @@ import onnx
 import onnx.parser
 import pytest
 
+import bnlint.reference64
 from bnlint.reference64 import NoReference, float64_copy, wrap_in_float32
 from bnlint.verify import session
 
@@ -54,13 +55,47 @@ CONVS = [
 ]
 
 
+@pytest.fixture(params=["gathered", "taps"])
+def lowering(request, monkeypatch):
+    """Both forms of a lowered convolution: one gathered Einsum (static spatial shapes, the default) and
+    the sum of per-tap MatMuls (dynamic shapes, or windows too large to gather)."""
+    if request.param == "taps":
+        monkeypatch.setattr(bnlint.reference64, "MAX_GATHERED_ELEMENTS", 0)
+    return request.param
+
+
+def _assert_form(model: onnx.ModelProto, lowering: str) -> None:
+    ops = {n.op_type for n in float64_copy(model, "model.onnx").graph.node}
+    assert ("Einsum" in ops) == (lowering == "gathered"), ops
+    assert ("MatMul" in ops) == (lowering == "taps"), ops
+
+
 @pytest.mark.parametrize("name, weight, attrs, shape", CONVS, ids=[c[0] for c in CONVS])
-def test_conv_lowering(name, weight, attrs, shape):
+def test_conv_lowering(name, weight, attrs, shape, lowering):
     w_shape = tuple(int(d) for d in weight[6:-1].split(","))
     body = f"  y = Conv {attrs} (x, w, b)"
     signature = f"(float[{','.join(map(str, shape))}] x) => (float y)"
     model = _model(body, signature, weights={"w": w_shape, "b": (w_shape[0],)})
+    _assert_form(model, lowering)
     _compare(model, shape)
+
+
+def test_dynamic_spatial_shapes_use_the_taps_form():
+    model = _model("  y = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w, b)", "(float[N,3,H,W] x) => (float y)",
+                   weights={"w": (4, 3, 3, 3), "b": (4,)})
+    _assert_form(model, "taps")
+    _compare(model, (2, 3, 7, 6))
+
+
+def test_convs_of_one_geometry_share_their_index_table_and_shapes():
+    body = "\n".join(f"  y{k} = Conv <pads = [1, 1, 1, 1]> ({'x' if k == 0 else f'y{k - 1}'}, w{k}, b{k})"
+                     for k in range(4)) + "\n  y = Identity (y3)"
+    weights = {name: shape for k in range(4) for name, shape in ((f"w{k}", (3, 3, 3, 3)), (f"b{k}", (3,)))}
+    model = _model(body, "(float[1,3,5,5] x) => (float y)", weights=weights)
+    copy = float64_copy(model, "model.onnx")
+    integer_tensors = [t for t in copy.graph.initializer if t.data_type == onnx.TensorProto.INT64]
+    assert len(integer_tensors) == len({(tuple(t.dims), t.raw_data) for t in integer_tensors}) <= 4
+    _compare(model, (1, 3, 5, 5))
 
 
 def test_conv_lowering_is_more_accurate_than_float32():
@@ -91,12 +126,13 @@ CONV_TRANSPOSES = [
 
 
 @pytest.mark.parametrize("name, weight, attrs, shape", CONV_TRANSPOSES, ids=[c[0] for c in CONV_TRANSPOSES])
-def test_conv_transpose_lowering(name, weight, attrs, shape):
+def test_conv_transpose_lowering(name, weight, attrs, shape, lowering):
     w_shape = tuple(int(d) for d in weight[6:-1].split(","))
     groups = 2 if "group = 2" in attrs else 1
     body = f"  y = ConvTranspose {attrs} (x, w, b)"
     signature = f"(float[{','.join(map(str, shape))}] x) => (float y)"
     model = _model(body, signature, weights={"w": w_shape, "b": (w_shape[1] * groups,)})
+    _assert_form(model, lowering)
     _compare(model, shape)
 
 
