@@ -61,6 +61,21 @@ def test_two_hundred_models_same_findings_same_order_with_two_jobs(run_cli, tmp_
     assert "in 200 models" in parallel.stderr
 
 
+def test_findings_of_many_files_come_in_sort_order_whatever_the_argument_order(tmp_path):
+    """run_lint orders whole files instead of re-sorting every finding: the result must equal the full sort,
+    for files named in any order, and for two names of one file (a symlink) too."""
+    from bnlint.findings import sort_findings
+    from bnlint.lint import LintOptions, run_lint
+
+    write_models(tmp_path / "models", 14)
+    names = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*.onnx"))
+    (tmp_path / "alias.onnx").symlink_to(tmp_path / "models" / "group0" / "m000.onnx")
+    options = LintOptions.from_cli()
+    for targets in (names[::-1], names[1::2] + names[::2], ["alias.onnx", *names[:3]]):
+        result = run_lint(targets, options)
+        assert result.findings and result.findings == sort_findings(result.findings)
+
+
 def test_parallel_output_is_identical_in_every_format(run_cli, tmp_path):
     write_models(tmp_path / "models", 12)
     for fmt in ("full", "sarif", "junit", "markdown"):
