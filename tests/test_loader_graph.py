@@ -264,3 +264,21 @@ def test_lint_target_frees_the_graph_view_by_reference_counting(monkeypatch):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_shapes_are_remembered_only_by_views_that_never_change():
+    """The read-only view answers a repeated shape question from memory; the fixer's LiveGraph, which
+    adds and drops initializers, always looks again."""
+    from conftest import FIXTURES
+
+    from bnlint.fix.live import LiveGraph
+    from bnlint.graph import Graph
+
+    model = onnx.load(str(FIXTURES / "example" / "small_cnn.onnx"))
+    graph = bnlint.graph.build_model(model, "m.onnx").main
+    name = model.graph.initializer[0].name
+    first = graph.shape_of(name)
+    assert first == tuple(model.graph.initializer[0].dims)
+    model.graph.initializer[0].dims.append(1)  # the protobuf changes under a read-only view: not looked at again
+    assert graph.shape_of(name) == first
+    assert Graph.memoize_shapes and not LiveGraph.memoize_shapes

@@ -37,8 +37,9 @@ class NameAllocator:
     def _taken(self, name: str) -> bool:
         if name in self.allocated:
             return True
-        if any(graph.knows(name) for graph in self.graphs):
-            return True
+        for graph in self.graphs:
+            if graph.knows(name):
+                return True
         if self._subgraph_names is None:
             self._subgraph_names = _subgraph_names(self.model.graph, self.graphs[0] if self.graphs else None)
         return name in self._subgraph_names
@@ -88,6 +89,8 @@ class LiveGraph(Graph):
     the ordinary view's code, so passes call the same semantics and foldable helpers as the lint rules.
     """
 
+    memoize_shapes = False  # edits add and drop initializers: shapes are looked up afresh
+
     @classmethod
     def open(cls, info, proto: onnx.GraphProto, *, path: str, parent: Graph | None, names: NameAllocator,
              ir_version: int) -> LiveGraph:
@@ -113,6 +116,8 @@ class LiveGraph(Graph):
         self._retyped: list[Node] = []
         self._sequence = count(1)
         self._initializer_names = list(self._initializers)
+        # input_names as a set: with IR < 4 every initializer is an input, and names are looked up per edit
+        self._input_set = set(self.input_names)
         self._owner_reads: dict[int, set[str]] = {}
         self.added: list[Node] = []
         self._added_ranks: dict[int, float] = {}
@@ -123,6 +128,12 @@ class LiveGraph(Graph):
         self.constants_removed: list[str] = []
         self.bytes_added = 0
         self.bytes_removed = 0
+        # Set by the pipeline when the BN004 backward fold runs after BN003 on this graph (bnlint.fix.bias).
+        self.fold_follows = False
+        # BN node index -> DeferredBias: BN003 rewrites the backward fold will absorb (see bnlint.fix.bias).
+        self.deferred_biases: dict[int, object] = {}
+        self._reserved: dict[str, tuple[onnx.TensorProto, np.ndarray]] = {}
+        self._abandoned: set[str] = set()
         self.bn_before = [node.label for node in self.nodes_of("BatchNormalization")]
 
     # -- the view's index tables (the one place that knows their layout) ---------------------------
@@ -155,19 +166,27 @@ class LiveGraph(Graph):
         return self.parent.producer(name)
 
     def defines_locally(self, name: str) -> bool:
-        return self.local_producer(name) is not None or name in self._initializers or name in self.input_names
+        return self.local_producer(name) is not None or name in self._initializers or name in self._input_set
 
     def knows(self, name: str) -> bool:
         """True when `name` is in use in this graph in any role (value, initializer, output, value_info)."""
-        return (name in self._producers or name in self._producer_edits or name in self._consumers
-                or name in self._consumer_edits or name in self._initializers or name in self.input_names
+        return (name in self._initializers or name in self._producers or name in self._consumers
+                or name in self._producer_edits or name in self._consumer_edits or name in self._input_set
                 or name in self.output_names or name in self._value_info)
 
     def _consumer_list(self, name: str) -> list[Node]:
         readers = self._consumer_edits.get(name)
         if readers is None:
-            readers = self._consumer_edits[name] = self._base_consumers(name)
+            removed = self._removed_indices
+            readers = self._consumer_edits[name] = [self.node_at(i) for i in self._consumers.get(name, ())
+                                                    if i not in removed]
         return readers
+
+    def _drop_reader(self, name: str, node: Node) -> None:
+        readers = self._consumer_list(name)
+        if node in readers:
+            readers.remove(node)
+        self.released.add(name)
 
     def consumers(self, name: str) -> list[Node]:
         readers = self._consumer_edits.get(name)
@@ -183,7 +202,7 @@ class LiveGraph(Graph):
         tensor = self._initializers.get(name)
         if tensor is not None:
             return tensor
-        if self.local_producer(name) is not None or name in self.input_names or self.parent is None:
+        if self.parent is None or self.local_producer(name) is not None or name in self._input_set:
             return None
         return self.parent.initializer(name)
 
@@ -235,8 +254,9 @@ class LiveGraph(Graph):
     def set_input(self, node: Node, i: int, name: str) -> None:
         """Make input slot i of `node` read `name` (appending empty slots as needed)."""
         proto = node.proto
-        while len(proto.input) <= i:
-            proto.input.append("")
+        if len(node.inputs) <= i:
+            while len(proto.input) <= i:
+                proto.input.append("")
         old = proto.input[i]
         if old == name:
             return
@@ -254,11 +274,8 @@ class LiveGraph(Graph):
     def _reindex_inputs(self, node: Node, old: str, new: str) -> None:
         node.inputs = tuple(node.proto.input)
         _forget(node)
-        if old and old not in self._reads(node):
-            readers = self._consumer_list(old)
-            if node in readers:
-                readers.remove(node)
-            self.released.add(old)
+        if old and not self._still_reads(node, old):
+            self._drop_reader(old, node)
         if new:
             readers = self._consumer_list(new)
             if node not in readers:
@@ -315,10 +332,7 @@ class LiveGraph(Graph):
         else:
             self._added_ranks[id(node)] = _REMOVED
         for name in self._reads(node):
-            readers = self._consumer_list(name)
-            if node in readers:
-                readers.remove(node)
-            self.released.add(name)
+            self._drop_reader(name, node)
         for name in node.outputs:
             if name and self.local_producer(name) is node:
                 self._producer_edits[name] = None
@@ -361,17 +375,22 @@ class LiveGraph(Graph):
         """A new initializer holding `array` (already of the right type) under a fresh name; listed as a
         graph input too when the IR version requires it (IR < 4). With `detach`, a large array of the
         main graph stays a numpy array (see `detached`) until the pipeline or the writer needs its bytes."""
-        stored = self.proto.initializer.add()
-        stored.name = self.names.new(hint)
-        stored.data_type = data_type
-        stored.dims.extend(int(d) for d in array.shape)
-        array = np.ascontiguousarray(array)
+        stored, array = self._new_tensor(hint, array, data_type)
         if detach and self.parent is None and array.nbytes >= DETACH_BYTES and array.dtype.isnative:
             array.flags.writeable = False
             self.detached[id(stored)] = (stored, array)
         else:
             stored.raw_data = array.tobytes()
         self._initializers[stored.name] = stored
+        return stored.name
+
+    def _new_tensor(self, hint: str, array: np.ndarray, data_type: int) -> tuple[onnx.TensorProto, np.ndarray]:
+        """A TensorProto (name, type, dims; no values yet) at the end of the initializer list."""
+        stored = self.proto.initializer.add()
+        stored.name = self.names.new(hint)
+        stored.data_type = data_type
+        stored.dims.extend(array.shape)
+        array = np.ascontiguousarray(array)
         self._initializer_names.append(stored.name)
         self.initializers_added.append(stored.name)
         self.bytes_added += array.nbytes
@@ -382,7 +401,34 @@ class LiveGraph(Graph):
             for dim in stored.dims:
                 info.type.tensor_type.shape.dim.add().dim_value = dim
             self.input_names = (*self.input_names, stored.name)
+            self._input_set.add(stored.name)
+        return stored, array
+
+    def reserve_array(self, hint: str, array: np.ndarray, data_type: int) -> str:
+        """Like add_array, for a tensor a later pass will probably make unused: the name and the place in
+        the initializer list are taken now (so names and order match add_array exactly), the values are
+        written only by `fill_reserved`. Until then the tensor is invisible to lookups."""
+        stored, array = self._new_tensor(hint, array, data_type)
+        self._reserved[stored.name] = (stored, array)
         return stored.name
+
+    def fill_reserved(self, name: str) -> None:
+        """Give a reserved tensor its values: from now on it is an ordinary initializer."""
+        stored, array = self._reserved.pop(name)
+        stored.raw_data = array.tobytes()
+        self._initializers[name] = stored
+
+    def abandon_reserved(self, name: str) -> None:
+        """A reserved tensor nothing will read: it goes at commit, counted as added and removed (as an
+        added tensor that became unused would be)."""
+        stored, array = self._reserved.pop(name)
+        self.bytes_removed += array.nbytes
+        self._abandoned.add(name)
+
+    def _still_reads(self, node: Node, name: str) -> bool:
+        if _owns_subgraphs(node):
+            return name in self._reads(node)
+        return name in node.inputs
 
     def _reads(self, node: Node) -> set[str]:
         """Names a node reads: its inputs and what its subgraphs read from outside."""
@@ -417,6 +463,8 @@ class LiveGraph(Graph):
     def commit(self) -> None:
         """Drop what became unused, then rebuild the node, initializer and value_info lists once each.
         The LiveGraph must not be edited afterwards."""
+        if self.deferred_biases:
+            raise RuntimeError("deferred BN003 rewrites were not settled before commit")
         self._drop_dead_constants()
         if self._removed_indices or self.added or self._moved:
             self._rebuild_node_list()
@@ -436,13 +484,18 @@ class LiveGraph(Graph):
         pending = [n for n in self.released if n]
         seen: set[str] = set()
         doomed: set[str] = set()
+        initializers, edits, outputs = self._initializers, self._consumer_edits, self.output_names
+        all_inputs_may_go = self.ir_version < 4
         while pending:
             name = pending.pop()
-            if name in seen or self._in_use(name):
+            if name in seen:
+                continue
+            readers = edits.get(name)
+            if name in outputs or (readers if readers is not None else self._in_use(name)):
                 continue
             seen.add(name)
-            if name in self._initializers:
-                if name not in self.input_names or self.ir_version < 4:
+            if name in initializers:
+                if all_inputs_may_go or name not in self._input_set:
                     doomed.add(name)
                 continue
             node = self.local_producer(name)
@@ -452,28 +505,31 @@ class LiveGraph(Graph):
                 self.remove_node(node)
                 self.constants_removed.append(node.label)
                 pending.extend(i for i in node.inputs if i)
-        if not doomed:
+        for name in list(self._reserved):  # reserved, never filled: nothing can read it
+            self.abandon_reserved(name)
+        if not doomed and not self._abandoned:
             return
         for name in doomed:
             tensor = self._initializers.pop(name)
             self.detached.pop(id(tensor), None)
             self.bytes_removed += tensor_nbytes(tensor) or 0
-        self.initializers_removed.extend(sorted(doomed))
+        doomed |= self._abandoned
         flags = [name in doomed for name in self._initializer_names]
         if len(flags) == len(self.proto.initializer):
-            order = iter(flags)
-            self.proto.initializer.sort(key=lambda _tensor: next(order))
-            del self.proto.initializer[len(flags) - len(doomed):]
+            self.initializers_removed.extend(name for name, flag in zip(self._initializer_names, flags) if flag)
+            _delete_flagged(self.proto.initializer, flags)
         else:  # pragma: no cover - duplicate initializer names: fall back to a scan
+            self.initializers_removed.extend(sorted(doomed))
             _delete_where(self.proto.initializer, lambda t: t.name in doomed)
-        if any(name in doomed for name in self.input_names):
+        if not self._input_set.isdisjoint(doomed):
             _delete_where(self.proto.input, lambda v: v.name in doomed)
             self.input_names = tuple(n for n in self.input_names if n not in doomed)
+            self._input_set.difference_update(doomed)
 
     def _rebuild_node_list(self) -> None:
-        if not self.added and not self._moved:  # removals only: delete in place, from the end
-            for index in sorted(self._removed_indices, reverse=True):
-                del self.proto.node[index]
+        if not self.added and not self._moved:  # removals only: delete in place
+            doomed = self._removed_indices
+            _delete_flagged(self.proto.node, [i in doomed for i in range(self.original_count)])
             return
         ranks = list(range(self.original_count))
         for index in self._removed_indices:
@@ -494,6 +550,14 @@ class LiveGraph(Graph):
         if gone:
             _delete_where(self.proto.value_info, lambda v: v.name in gone)
 
+    def release(self) -> None:
+        """Break the cycles between this graph, its nodes and their views (as Graph.release does, for the
+        nodes the edits added too), so its memory is freed at once even while the cyclic collector is
+        paused; the LiveGraph must not be used afterwards."""
+        for node in self.added:
+            node.__dict__.clear()
+        super().release()
+
     @property
     def nodes_removed(self) -> int:
         """Nodes removed minus nodes added."""
@@ -512,6 +576,37 @@ def _constant_bytes(node: Node) -> int:
 def _forget(node: Node) -> None:
     """Drop what was computed from a node before it was edited (attribute tables, BN/Dropout views)."""
     node.__dict__.clear()
+
+
+# Deleting runs of entries moves the pointers after each run once: runs x length pointer moves. Past this
+# budget one stable sort (doomed entries last) and one truncation are cheaper.
+_SLICE_BUDGET = 200_000_000
+
+
+def _delete_flagged(repeated, flags: list[bool]) -> None:
+    """Delete the entries of a repeated message field whose flag is set, keeping the others in order and
+    never copying a message. Usually the doomed entries form few runs (a pass removes what it replaced,
+    block after block), and deleting each run as one slice, from the end, needs no sort at all."""
+    runs = []
+    start = None
+    for k, doomed in enumerate(flags):
+        if doomed and start is None:
+            start = k
+        elif not doomed and start is not None:
+            runs.append((start, k))
+            start = None
+    if start is not None:
+        runs.append((start, len(flags)))
+    if not runs:
+        return
+    if len(runs) * len(flags) <= _SLICE_BUDGET:
+        for begin, end in reversed(runs):
+            del repeated[begin:end]
+        return
+    order = iter(flags)
+    # Python's sort computes each key once, in list order, so the iterator pairs keys with entries.
+    repeated.sort(key=lambda _entry: next(order))
+    del repeated[len(flags) - sum(flags):]
 
 
 def _delete_where(repeated, predicate) -> None:

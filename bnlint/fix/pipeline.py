@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from bnlint.fix import bias, dropout, fold, forward, maxpool, merge
 from bnlint.fix.live import LiveGraph, NameAllocator
 from bnlint.fix.result import Change, Kept, PassResult
+from bnlint.gcpause import cyclic_gc_paused
 from bnlint.graph import _attribute_graphs, model_info
 
 FIX_CODES = ("BN003", "BN004", "BN005", "BN008", "BN009")
@@ -69,6 +70,9 @@ class FixOutcome:
     # Main-graph initializers (by name) whose values are still numpy arrays: their TensorProtos hold no
     # data until `materialize()`; bnlint.safe_io writes them straight from the arrays.
     detached: dict[str, np.ndarray] = field(default_factory=dict)
+    # Their TensorProto wrappers, kept alive: protobuf hands out the same wrapper object for a message only
+    # while one exists, and the external-data writer (bnlint.safe_io) tells detached tensors by id().
+    detached_protos: list[onnx.TensorProto] = field(default_factory=list)
 
     def materialize(self) -> None:
         """Put every detached array into its TensorProto (for callers that use the model in memory)."""
@@ -77,6 +81,7 @@ class FixOutcome:
             if array is not None and not tensor.HasField("raw_data"):
                 tensor.raw_data = array.tobytes()
         self.detached = {}
+        self.detached_protos = []
 
     @property
     def changes(self) -> list[Change]:
@@ -103,22 +108,37 @@ def fix_model(model: onnx.ModelProto, path: str, codes, *, detach: bool = False)
     info = model_info(model, path)
     results = {module.CODE + module.TITLE: PassResult(module.CODE, module.TITLE) for module, _ in PASSES}
     lives: list[LiveGraph] = []
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        main = LiveGraph.open(info, model.graph, path="main", parent=None, names=names, ir_version=model.ir_version)
-        _process(main, codes, results, lives)
+    # The pipeline allocates several objects per node that all stay alive until it returns; automatic
+    # collections would walk them again and again (bnlint.gcpause). The graphs are released before the
+    # collector runs again: their nodes and views point back at them, and, promoted to the old generation
+    # by the first collection, those cycles would otherwise wait for a full one.
+    with cyclic_gc_paused(), np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        try:
+            main = LiveGraph.open(info, model.graph, path="main", parent=None, names=names,
+                                  ir_version=model.ir_version)
+            _process(main, codes, results, lives)
+            outcome = _outcome(model, codes, results, lives, main, detach)
+        finally:
+            for live in lives:
+                live.release()
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _outcome(model, codes, results, lives: list[LiveGraph], main: LiveGraph, detach: bool) -> FixOutcome:
     passes = [results[module.CODE + module.TITLE] for module, _ in PASSES if module.CODE in codes]
     nodes_before = sum(live.original_count for live in lives)
     removed = sum(live.nodes_removed for live in lives)
-    outcome = FixOutcome(model, codes, passes, BnSummary(), nodes_before, nodes_before - removed,
-                         sum(live.bytes_removed - live.bytes_added for live in lives), _notes(lives, model.ir_version),
-                         0.0)
+    saved = sum(live.bytes_removed - live.bytes_added for live in lives)
+    outcome = FixOutcome(model, codes, passes, BnSummary(), nodes_before, nodes_before - removed, saved,
+                         _notes(lives, model.ir_version), 0.0)
     outcome.detached = {tensor.name: array for tensor, array in main.detached.values()}
+    outcome.detached_protos = [tensor for tensor, _array in main.detached.values()]
     if os.environ.get(PERTURB_ENV) == "1":
         _perturb_first_new_weight(model, outcome.changes, outcome.detached)
     if not detach:
         outcome.materialize()
     outcome.bn = _summarize_bn(lives, outcome)
-    outcome.seconds = time.perf_counter() - started
     return outcome
 
 
@@ -126,9 +146,11 @@ def _process(live: LiveGraph, codes, results, lives) -> None:
     """All passes over one graph, then its subgraphs (which may read its values), then one commit."""
     lives.append(live)
     present = live.op_types()
+    live.fold_follows = "BN004" in codes  # BN003 may leave to the fold what the fold would undo
     for module, needs in PASSES:
         if module.CODE in codes and needs in present:
             results[module.CODE + module.TITLE].extend(module.run(live))
+    bias.settle_all(live)  # normally a no-op: the fold pass settles what it does not absorb
     owners = live.nodes_of("If", "Loop", "Scan", "SequenceMap")
     live.remember_subgraph_reads(owners)
     for node in owners:
