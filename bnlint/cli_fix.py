@@ -199,7 +199,8 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
 
     proto = load_onnx(model)
     input_external = uses_external_data(proto)
-    footprint = 2 * model_footprint(proto)  # the original and the rewrite (about the same size)
+    # the original and the rewrite (about the same size); only verification needs it
+    footprint = 2 * model_footprint(proto) if verify_options is not None else 0
     outcome = fix_model(proto, model, codes, detach=not show_diff)
     run = FixRun(model=shown or model, outcome=outcome, output=str(out))
     if show_diff:

@@ -241,17 +241,20 @@ def _write_external(model: onnx.ModelProto, source_path: str, source_dir: Path, 
     into `data_path`; returns how many tensors went there."""
     sizes: dict[str, int] = {}
     written = 0
-    detached = {id(tensor) for tensor in model.graph.initializer if detached_data(tensor, arrays) is not None}
     with open(data_path, "r+b") as sink:
+        for tensor in model.graph.initializer:  # detached weights first, found by name in the main graph
+            view = detached_data(tensor, arrays)
+            if view is not None:
+                offset = _pad_to(sink, _alignment(len(view)))
+                sink.write(view)
+                _point_at(tensor, data_path.name, offset, len(view))
+                written += 1
         for tensor, kind in iter_all_tensors(model):
             if kind == "sparse":
                 continue
-            if id(tensor) in detached:
-                view = detached_data(tensor, arrays)
-                offset = _pad_to(sink, _alignment(len(view)))
-                sink.write(view)
-                length = len(view)
-            elif is_external(tensor):
+            if is_external(tensor) and external_info(tensor).get("location") == data_path.name:
+                continue  # written above (no input tensor points at the new, unique data file)
+            if is_external(tensor):
                 check_external_reference(source_path, source_dir, tensor, sizes)
                 offset = _pad_to(sink, _alignment(tensor_nbytes(tensor) or 0))
                 length = _copy_external(source_path, source_dir, tensor, sink)

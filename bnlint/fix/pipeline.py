@@ -70,9 +70,6 @@ class FixOutcome:
     # Main-graph initializers (by name) whose values are still numpy arrays: their TensorProtos hold no
     # data until `materialize()`; bnlint.safe_io writes them straight from the arrays.
     detached: dict[str, np.ndarray] = field(default_factory=dict)
-    # Their TensorProto wrappers, kept alive: protobuf hands out the same wrapper object for a message only
-    # while one exists, and the external-data writer (bnlint.safe_io) tells detached tensors by id().
-    detached_protos: list[onnx.TensorProto] = field(default_factory=list)
 
     def materialize(self) -> None:
         """Put every detached array into its TensorProto (for callers that use the model in memory)."""
@@ -81,7 +78,6 @@ class FixOutcome:
             if array is not None and not tensor.HasField("raw_data"):
                 tensor.raw_data = array.tobytes()
         self.detached = {}
-        self.detached_protos = []
 
     @property
     def changes(self) -> list[Change]:
@@ -133,7 +129,6 @@ def _outcome(model, codes, results, lives: list[LiveGraph], main: LiveGraph, det
     outcome = FixOutcome(model, codes, passes, BnSummary(), nodes_before, nodes_before - removed, saved,
                          _notes(lives, model.ir_version), 0.0)
     outcome.detached = {tensor.name: array for tensor, array in main.detached.values()}
-    outcome.detached_protos = [tensor for tensor, _array in main.detached.values()]
     if os.environ.get(PERTURB_ENV) == "1":
         _perturb_first_new_weight(model, outcome.changes, outcome.detached)
     if not detach:
