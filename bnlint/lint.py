@@ -15,6 +15,7 @@ from bnlint.gcpause import cyclic_gc_paused
 from bnlint.ignores import ConfigIgnores, IgnoreEntry
 from bnlint.onnx_loader import model_size_limit
 from bnlint.registry import known_codes
+from bnlint.report.safe_text import printable
 from bnlint.selection import Selection, expand
 from bnlint.parallel import ordered_map
 from bnlint.sources import display_path, expand_targets, load_target
@@ -157,7 +158,7 @@ def run_lint(targets: list[str], options: LintOptions, progress: Callable[[str],
 
     def done(outcome: TargetResult) -> None:
         if progress and outcome.error is None:
-            progress(f"{outcome.shown}: {len(outcome.findings)} finding(s)")
+            progress(printable(f"{outcome.shown}: {len(outcome.findings)} finding(s)"))
         if observer:
             observer.finished(outcome)
 

@@ -7,6 +7,7 @@ in this process, without the start-up cost of a pool.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -90,6 +91,7 @@ def _pooled(function, items, args, workers: int, on_done, on_error) -> list:
     results: list = [None] * len(items)
     size = batch_size(len(items), workers)
     starts = range(0, len(items), size)
+    gc.freeze()  # forked workers then share this process's objects: their collector does not write to them
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
     try:
         pending = {pool.submit(_guarded_batch, function, on_error, items[start:start + size], args): start
@@ -111,4 +113,5 @@ def _pooled(function, items, args, workers: int, on_done, on_error) -> list:
                         on_done(result)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
     return results

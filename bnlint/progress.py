@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from bnlint.report.safe_text import printable
+
 
 def wants_progress(stream, *, quiet: bool) -> bool:
     """A bar only for an interactive stderr: not in CI logs, pre-commit, pipes or with --quiet."""
@@ -33,7 +35,7 @@ class ProgressBar:
 
         console = Console(file=self.stream, stderr=True)
         self._progress = Progress(TextColumn("checking models"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("{task.fields[current]}"),
+                                  TimeElapsedColumn(), TextColumn("{task.fields[current]}", markup=False),
                                   console=console, transient=True, redirect_stdout=False, redirect_stderr=False,
                                   auto_refresh=False)  # no refresh thread: worker processes can still fork
         self._task = self._progress.add_task("lint", total=total, current="")
@@ -42,7 +44,8 @@ class ProgressBar:
 
     def finished(self, outcome) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, current=outcome.shown, refresh=True)
+            # a file name is untrusted text: no rich markup, control characters escaped
+            self._progress.update(self._task, advance=1, current=printable(outcome.shown), refresh=True)
 
     def log(self, message: str) -> None:
         """Print a line above the bar (verbose logs), or plainly when no bar is shown."""

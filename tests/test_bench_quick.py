@@ -47,7 +47,7 @@ def test_quick_bench_writes_complete_results(tmp_path):
                            "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "quick.json").read_text())
-    assert {"machine", "settings", "models", "scaling", "targets", "folder", "notes"} <= results.keys()
+    assert {"machine", "settings", "models", "scaling", "targets", "folders", "notes"} <= results.keys()
 
     machine = results["machine"]
     assert machine["cores"] >= 1 and machine["cpu"] and machine["python"].startswith("3.")
@@ -90,8 +90,8 @@ def test_quick_bench_writes_complete_results(tmp_path):
         for key in ("onnx.load", "bnlint check", "onnx load+save", "bnlint fix --no-verify"):
             assert row["ms_per_1k_nodes"][key] > 0
 
-    folder = results["folder"]
-    assert folder["models"] == 24
+    [folder] = results["folders"]  # the quick plan measures one folder size
+    assert folder["models"] == 24 and folder["nodes_each"] == 24
     assert_timed(folder["onnx.load every file"], runs)
     assert_timed(folder["bnlint check --jobs 1"], runs)
     assert_timed(folder["bnlint check --jobs 2"], runs)
