@@ -129,7 +129,7 @@ def torch_input_options(function):
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colour the output (auto honours NO_COLOR and terminals).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Lint this many models in parallel [default: number of CPUs].")
+              help="Lint this many models in parallel [default: number of CPUs; one for a few small files].")
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), default=None,
               help="Hide findings recorded in this baseline file; only new ones count toward the exit code.")
 @click.option("--write-baseline", "write_baseline_path", type=click.Path(dir_okay=False), default=None,
@@ -148,7 +148,6 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     from bnlint.fingerprints import project_root
     from bnlint.config import parse_size
     from bnlint.lint import LintOptions, run_lint
-    from bnlint.parallel import default_jobs
     from bnlint.progress import ProgressBar, wants_progress
     from bnlint.report import render, render_statistics, summary_line
     from bnlint.report.text import render_full
@@ -192,7 +191,7 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
         with bar or nullcontext():
             say = bar.log if bar else log
             result = run_lint(list(paths), options, progress=say if verbose else None,
-                              jobs=jobs or default_jobs(), observer=bar)
+                              jobs=jobs, observer=bar)
     except BnlintError as exc:
         fail(str(exc))
     from bnlint.report.safe_text import printable

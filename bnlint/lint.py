@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,7 +18,7 @@ from bnlint.onnx_loader import model_size_limit
 from bnlint.registry import known_codes
 from bnlint.report.safe_text import printable
 from bnlint.selection import Selection, expand
-from bnlint.parallel import ordered_map
+from bnlint.parallel import default_jobs, ordered_map
 from bnlint.sources import display_path, expand_targets, load_target
 from bnlint.torch_frontend.options import TorchOptions
 
@@ -148,11 +149,37 @@ def failed_target(target: str, exc: BaseException) -> TargetResult:
     return TargetResult(target, display_path(target), error=message)
 
 
+# Starting worker processes costs ~70 ms; below this much work one process finishes first.
+POOL_MIN_FILES = 8
+POOL_MIN_BYTES = 2 * 2**20
+
+
+def auto_jobs(files: list[str]) -> int:
+    """Workers for `--jobs` left to bnlint: one per CPU, except for a few small ONNX files (the pre-commit
+    case), where the pool would cost more than it saves. Other targets (PyTorch factories and archives)
+    are slow to load, so they always get the pool."""
+    cpus = default_jobs()
+    if cpus == 1 or len(files) < 2:
+        return 1
+    if len(files) >= POOL_MIN_FILES or not all(name.endswith(".onnx") for name in files):
+        return cpus
+    total = 0
+    for name in files:
+        try:
+            total += os.path.getsize(name)
+        except OSError:
+            pass  # reported by the loader
+    return cpus if total >= POOL_MIN_BYTES else 1
+
+
 def run_lint(targets: list[str], options: LintOptions, progress: Callable[[str], None] | None = None, *,
-             jobs: int = 1, observer: LintObserver | None = None) -> LintResult:
-    """Lint every target (`jobs` processes in parallel); results in target order whatever `jobs` is."""
+             jobs: int | None = 1, observer: LintObserver | None = None) -> LintResult:
+    """Lint every target (`jobs` processes in parallel, None: auto_jobs); results in target order whatever
+    `jobs` is."""
     config = options.config
     files = expand_targets(targets, exclude=config.exclude, root=config.root, force_exclude=config.force_exclude)
+    if jobs is None:
+        jobs = auto_jobs(files)
     if observer:
         observer.started(len(files))
 

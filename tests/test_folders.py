@@ -279,3 +279,37 @@ def test_display_path_resolves_folders_and_links(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "work" / "models")  # the cache is per working directory
     assert display_path("m.onnx") == "m.onnx"
     assert display_path(str(tmp_path / "work" / "link.onnx")) == "m.onnx"
+
+
+def test_auto_jobs_keeps_a_few_small_onnx_files_in_one_process(tmp_path, monkeypatch):
+    from bnlint import lint
+
+    monkeypatch.setattr(lint, "default_jobs", lambda: 4)
+    small = []
+    for i in range(3):
+        path = tmp_path / f"m{i}.onnx"
+        path.write_bytes(b"x" * 1000)
+        small.append(str(path))
+    assert lint.auto_jobs(small[:1]) == 1  # one model: never a pool
+    assert lint.auto_jobs(small) == 1  # a few small files: the pool would cost more than it saves
+    big = tmp_path / "big.onnx"
+    big.write_bytes(b"x" * lint.POOL_MIN_BYTES)
+    assert lint.auto_jobs([*small, str(big)]) == 4  # enough bytes to parse
+    assert lint.auto_jobs([*small, "pkg.models:make_net"]) == 4  # PyTorch front ends are slow to load
+    many = [str(tmp_path / f"n{i}.onnx") for i in range(lint.POOL_MIN_FILES)]
+    assert lint.auto_jobs(many) == 4  # many files: the pool wins even when each is tiny
+    monkeypatch.setattr(lint, "default_jobs", lambda: 1)
+    assert lint.auto_jobs(many) == 1
+
+
+def test_check_without_jobs_uses_auto_jobs(tmp_path, monkeypatch):
+    from bnlint import lint
+
+    seen = []
+    real = lint.ordered_map
+    monkeypatch.setattr(lint, "ordered_map", lambda *a, **k: seen.append(k["jobs"]) or real(*a, **k))
+    monkeypatch.setattr(lint, "auto_jobs", lambda files: 1 if len(files) < 3 else 2)
+    options = lint.LintOptions.from_cli()
+    lint.run_lint([str(tmp_path)], options, jobs=None)
+    lint.run_lint([str(tmp_path)], options, jobs=3)
+    assert seen == [1, 3]
