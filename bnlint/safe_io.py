@@ -176,9 +176,7 @@ def prepare_save(model: onnx.ModelProto, out_path: str | os.PathLike, *, source_
                 handle.flush()
                 os.fsync(handle.fileno())
             else:
-                plan = plan_inline(model, arrays)
-                _check_in_memory(plan, temp_path)
-                write_plan(plan, handle)
+                _write_checked(plan_inline(model, arrays), handle, temp_path)
         if data_path is not None:
             _check_written(temp_path, model)
         return PendingSave(out, temp_path, data_path)
@@ -318,24 +316,33 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _check_in_memory(plan, temp_path: Path) -> None:
-    """The ONNX checker on the model about to be written, in a child process (the C++ checker has
-    crashed on crafted models, and a crash must not kill bnlint while temporary files exist). The child
-    gets the model without its large tensors' bytes (bnlint.inline_writer checks those sizes itself), so
-    checking a multi-GB model costs what checking its graph costs."""
+def _write_checked(plan, handle, temp_path: Path) -> None:
+    """Write the plan while the ONNX checker looks at the model in a child process (the C++ checker has
+    crashed on crafted models, and a crash must not kill bnlint while temporary files exist); both must
+    succeed, else the caller removes the file. The child gets the model without its large tensors' bytes
+    (bnlint.inline_writer checks those sizes itself), so checking a multi-GB model costs what checking its
+    graph costs, and it runs beside the write instead of before it."""
+    checker = isolation.start_isolated(_check_skeleton_task, plan.plain, sorted(plan.large), str(temp_path),
+                                       timeout=300, label="the ONNX checker")
     try:
-        isolation.run_isolated(_check_skeleton_task, plan.plain, sorted(plan.large), str(temp_path),
-                               timeout=300, label="the ONNX checker")
+        write_plan(plan, handle)
+    except BaseException:
+        checker.cancel()
+        raise
+    try:
+        checker.result()
     except LoadError as exc:
         raise WriteError(exc.problem) from None
 
 
 def _check_skeleton_task(plain: bytes, large: list[int], path: str) -> None:
-    model = onnx.ModelProto()
-    model.ParseFromString(plain)
-    initializers = model.graph.initializer
-    for index in large:  # no data: declare zero elements, which the checker accepts without a value field
-        initializers[index].dims[0] = 0
+    model: bytes | onnx.ModelProto = plain  # the checker parses bytes itself: no copy made in Python
+    if large:
+        model = onnx.ModelProto()
+        model.ParseFromString(plain)
+        initializers = model.graph.initializer
+        for index in large:  # no data: declare zero elements, which the checker accepts without a value field
+            initializers[index].dims[0] = 0
     try:
         onnx.checker.check_model(model, full_check=False)
     except (onnx.checker.ValidationError, ValueError) as exc:

@@ -1,8 +1,9 @@
 """The batched fold and the deferred BN003 rewrite give exactly what folding BN by BN gives.
 
-The reference is the same pipeline with the fast paths switched off: BN003 edits the graph at once (no
-deferral), every fold is finished before the next BN is looked at, and every value is computed alone by
-fold.fold_one. Models, reports and the bytes written must be identical, not merely close.
+The reference is the same pipeline with the fast paths switched off: no bulk fold (bnlint.fix.bulk),
+BN003 edits the graph at once (no deferral), every fold is finished before the next BN is looked at, and
+every value is computed alone by fold.fold_one. Models, reports and the bytes written must be identical,
+not merely close.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from bnlint.fix import batched, bias, fix_model, fold
+from bnlint.fix import batched, bias, bulk, fix_model, fold
 from bnlint.fix.fold import Plan
 from bnlint.fix.live import LiveGraph, NameAllocator
 from bnlint.fix.pipeline import FIX_CODES
@@ -35,15 +36,16 @@ FLOAT, FLOAT16, DOUBLE = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.
 @contextlib.contextmanager
 def one_by_one():
     """Switch the fast paths off: the reference behaviour."""
-    saved = (bias._fold_may_absorb, fold._depends_on_pending, batched._batchable, batched.bias_raws)
+    saved = (bias._fold_may_absorb, fold._depends_on_pending, batched._batchable, batched.bias_raws, bulk.ENABLED)
     bias._fold_may_absorb = lambda *args: False
     fold._depends_on_pending = lambda *args: True
     batched._batchable = lambda *args: None
     batched.bias_raws = lambda *args: None
+    bulk.ENABLED = False
     try:
         yield
     finally:
-        bias._fold_may_absorb, fold._depends_on_pending, batched._batchable, batched.bias_raws = saved
+        bias._fold_may_absorb, fold._depends_on_pending, batched._batchable, batched.bias_raws, bulk.ENABLED = saved
 
 
 def fixed(model: onnx.ModelProto, codes=FIX_CODES):

@@ -17,7 +17,7 @@ from itertools import count
 import numpy as np
 import onnx
 
-from bnlint.graph import Graph, Node, _attribute_graphs
+from bnlint.graph import ONNX_DOMAINS, Graph, Node, _attribute_graphs
 from bnlint.semantics import BatchNorm, batchnorm
 from bnlint.tensors import tensor_nbytes
 
@@ -134,7 +134,17 @@ class LiveGraph(Graph):
         self.deferred_biases: dict[int, object] = {}
         self._reserved: dict[str, tuple[onnx.TensorProto, np.ndarray]] = {}
         self._abandoned: set[str] = set()
-        self.bn_before = [node.label for node in self.nodes_of("BatchNormalization")]
+        self.bn_before = [self.label_at(i) for i in self._base_indices_of(("BatchNormalization",))
+                          if self._domains[i] in ONNX_DOMAINS]
+
+    def label_at(self, index: int) -> str:
+        """Node.label of original node `index` as loaded, without creating the Node (cheaper per BN)."""
+        name = self._protos[index].name
+        if name:
+            return name
+        op_type = self._op_types[index]
+        first = next((o for o in self._outputs[index] if o), "")
+        return f"{op_type}@{first}" if first else f"{op_type}#{index}"
 
     # -- the view's index tables (the one place that knows their layout) ---------------------------
     def _base_producer(self, name: str) -> Node | None:

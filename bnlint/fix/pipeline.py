@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from bnlint.fix import bias, dropout, fold, forward, maxpool, merge
+from bnlint.fix import bias, bulk, dropout, fold, forward, maxpool, merge
 from bnlint.fix.live import LiveGraph, NameAllocator
 from bnlint.fix.result import Change, Kept, PassResult
 from bnlint.gcpause import cyclic_gc_paused
@@ -142,6 +142,9 @@ def _process(live: LiveGraph, codes, results, lives) -> None:
     lives.append(live)
     present = live.op_types()
     live.fold_follows = "BN004" in codes  # BN003 may leave to the fold what the fold would undo
+    if bulk.fold_all(live, codes, present, results):  # a plain deep graph: every BN folded at once
+        live.bn_after = []
+        return
     for module, needs in PASSES:
         if module.CODE in codes and needs in present:
             results[module.CODE + module.TITLE].extend(module.run(live))
