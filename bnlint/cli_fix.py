@@ -190,17 +190,42 @@ def _fix_one(model: str, request: _Request):
 def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_place: bool, started: float,
              exported=None, shown: str | None = None, *, diff_to_stdout: bool = True):
     """`exported` (bnlint.torch_frontend.fixing.TorchExport): `model` is the export of the PyTorch target
-    `shown`, and the result is also compared with torch eager outputs."""
+    `shown`, and the result is also compared with torch eager outputs.
+
+    The verification child starts as soon as the model is loaded, so onnxruntime's import, the original's
+    session and the float64 reference overlap the rewrite; it is stopped when nothing needs verifying."""
+    from bnlint.gcpause import cyclic_gc_paused
+    from bnlint.onnx_loader import load_onnx
+
+    with cyclic_gc_paused():  # loading and saving allocate as much as the rewrite (~30% of it at depth 20000)
+        proto = load_onnx(model)
+        early = None if verify_options is None or show_diff else \
+            _start_verification(model, proto, verify_options, shown or model)
+        try:
+            return _fix_and_write(proto, model, out, codes, show_diff, verify_options, in_place, started, exported,
+                                  shown, diff_to_stdout, early)
+        finally:
+            if early is not None:
+                early.cancel()
+
+
+def _start_verification(model: str, proto, options, shown: str):
+    """The isolated comparison of the original with the rewrite to come (bnlint.verify.start_verification)."""
+    from bnlint.verify import ModelInterface, start_verification
+
+    original = ModelInterface.of(proto)
+    # the original and the rewrite (about the same size)
+    return start_verification(model, options, original, model=proto, footprint=2 * original.tensor_bytes,
+                              label=f"{shown}: verifying the rewrite", cli_hints=True)
+
+
+def _fix_and_write(proto, model: str, out: Path, codes, show_diff: bool, verify_options, in_place: bool,
+                   started: float, exported, shown: str | None, diff_to_stdout: bool, early):
     from bnlint.fix import fix_model
     from bnlint.fix.report import FixRun, render_diff
-    from bnlint.onnx_loader import load_onnx
     from bnlint.safe_io import check_output_path, prepare_save, too_large, uses_external_data
-    from bnlint.verify import model_footprint
 
-    proto = load_onnx(model)
     input_external = uses_external_data(proto)
-    # the original and the rewrite (about the same size); only verification needs it
-    footprint = 2 * model_footprint(proto) if verify_options is not None else 0
     outcome = fix_model(proto, model, codes, detach=not show_diff)
     run = FixRun(model=shown or model, outcome=outcome, output=str(out))
     if show_diff:
@@ -221,8 +246,7 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
                            external=input_external or too_large(proto, detached_bytes))
     try:
         if verify_options is not None and outcome.changed:
-            run.verification = _verify(model, str(pending.temp_path), verify_options, outcome, footprint,
-                                       shown or model)
+            run.verification = _verify(early, str(pending.temp_path), proto, outcome)
             run.verified = run.verification.ok
             if not run.verification.ok:
                 pending.discard()
@@ -252,10 +276,11 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
     return run
 
 
-def _verify(model: str, candidate: str, options, outcome, footprint: int, shown: str):
-    """compare_models in an isolated child process (a crash, hang or memory bomb is an error, exit 2)."""
+def _verify(early, candidate: str, rewritten, outcome):
+    """Finish the isolated comparison started before the rewrite (a crash, hang or memory bomb is an
+    error, exit 2). `rewritten`: the proto written to `candidate`, whose interface the child needs."""
     from bnlint.isolation import IsolationError
-    from bnlint.verify import Checkpoint, VerifyError, compare_isolated
+    from bnlint.verify import Checkpoint, ModelInterface, VerifyError
 
     grouped: dict[tuple[str, str], list[str]] = {}
     for change in outcome.changes:
@@ -264,8 +289,7 @@ def _verify(model: str, candidate: str, options, outcome, footprint: int, shown:
             grouped.setdefault(key, []).append(f"{change.code} {change.message}")
     checkpoints = [Checkpoint(" + ".join(labels), first, second) for (first, second), labels in grouped.items()]
     try:
-        return compare_isolated(model, candidate, options, checkpoints, footprint=footprint,
-                                label=f"{shown}: verifying the rewrite", cli_hints=True)
+        return early.finish(candidate, ModelInterface.of(rewritten, census=False), checkpoints)
     except IsolationError as exc:
         raise BnlintError(f"{exc}; nothing was written") from None
     except VerifyError as exc:

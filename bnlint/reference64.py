@@ -39,9 +39,14 @@ class NoReference(Exception):
 def refusal(model: onnx.ModelProto) -> str | None:
     """Why no float64 copy of `model` is made (None: one can be tried); cheap, nothing is copied."""
     float_bytes = sum(tensor_nbytes(t) or 0 for t, _ in iter_all_tensors(model) if t.data_type in NARROW_FLOATS)
+    return refusal_for(float_bytes, bool(model.functions))
+
+
+def refusal_for(float_bytes: int, has_functions: bool) -> str | None:
+    """refusal() from a census the caller already took (the tensor walk costs ~0.3 s on 20000 blocks)."""
     if float_bytes > MAX_REFERENCE_BYTES:
         return f"{float_bytes / 2**30:.1f} GiB of float parameters is too large for a float64 copy"
-    if model.functions:
+    if has_functions:
         return "the model has local functions"
     return None
 
@@ -377,7 +382,7 @@ MAX_GATHERED_ELEMENTS = 1 << 24  # window values per batch item (128 MiB as doub
 
 def _conv_gathered(emitter: _Emitter, x: str, weight: np.ndarray, bias: str | None, strides, dilations,
                    begin, end, output: str, sizes) -> bool:
-    """Y = conv(x, weight) in at most six nodes: every window is gathered from the flattened padded input with one
+    """Y = conv(x, weight) in at most five nodes: every window is gathered from the flattened padded input with one
     index table (im2col), then one Einsum with the weight. Few nodes and initializers keep the float64
     copy's onnxruntime session cheap (the taps form needs ~25 nodes per 3x3 Conv). False when the output
     would be empty or the windows too large; the caller then uses the taps form."""
@@ -395,18 +400,18 @@ def _conv_gathered(emitter: _Emitter, x: str, weight: np.ndarray, bias: str | No
         starts = np.meshgrid(*[np.arange(o) * s for o, s in zip(outs, strides)], indexing="ij")
         offsets = np.meshgrid(*[np.arange(k) * d for k, d in zip(kernel, dilations)], indexing="ij")
         coordinates = [start.reshape(-1, 1) + offset.reshape(1, -1) for start, offset in zip(starts, offsets)]
-        table = np.ravel_multi_index(coordinates, padded).astype(np.int64)  # [positions, taps]
+        table = np.ravel_multi_index(coordinates, padded).astype(np.int64).reshape(*outs, taps)  # [out..., taps]
         index = emitter.names.shared[geometry] = emitter.const(table, "windows")
     x = emitter.pad(x, spatial + 2, begin, end)
     flat = emitter.op("Reshape", [x, emitter.const(np.asarray([0, 0, -1], np.int64), "shape")], "flat")
-    windows = emitter.op("Gather", [flat, index], "windows", axis=2)  # [N, C, P, K]
+    windows = emitter.op("Gather", [flat, index], "windows", axis=2)  # [N, C, out..., K]
     matrix = emitter.const(weight.reshape(weight.shape[0], weight.shape[1], taps), "weight")  # [M, C, K]
-    product = emitter.op("Einsum", [windows, matrix], "product", equation="ncpk,mck->nmp")
-    shape = emitter.const(np.asarray([0, weight.shape[0], *outs], np.int64), "shape")
+    axes = "defghij"[:spatial]  # the output grid comes out of the Einsum as it is: no Reshape node
+    equation = f"nc{axes}k,mck->nm{axes}"
     if not bias:
-        emitter.op("Reshape", [product, shape], "conv", output)
+        emitter.op("Einsum", [windows, matrix], "conv", output, equation=equation)
         return True
-    grid = emitter.op("Reshape", [product, shape], "conv")
+    grid = emitter.op("Einsum", [windows, matrix], "conv", equation=equation)
     constant = emitter.constants.get(bias)
     if constant is not None:
         values = numpy_helper.to_array(constant).astype(np.float64)
@@ -517,3 +522,51 @@ def _lower_global_pool(emitter: _Emitter, node, shapes) -> None:
         raise _CannotLower("rank unknown")
     op_type = "ReduceMean" if node.op_type == "GlobalAveragePool" else "ReduceMax"
     emitter.reduce(op_type, node.input[0], list(range(2, len(shape))), node.output[0])
+
+
+# -- splitting a deep copy -------------------------------------------------------------------------
+SEGMENT_NODES = 2000  # session setup grows faster than linearly with nodes: 140k nodes ~70 s, in pieces ~8 s
+
+
+def segments(model: onnx.ModelProto, max_nodes: int | None = None) -> list[onnx.ModelProto] | None:
+    """The float64 copy cut into consecutive pieces of at most `max_nodes` nodes, each a model whose
+    inputs are the values it reads from earlier pieces (or the graph's inputs) and whose outputs are the
+    values later pieces or the graph's outputs read; running them in order computes exactly what the
+    whole copy computes (same kernels, the values in between handed over as they are). None when the copy
+    is small enough, has subgraphs, or a value crossing a cut has no known type or rank."""
+    graph = model.graph
+    max_nodes = max_nodes or SEGMENT_NODES
+    if len(graph.node) <= max_nodes or any(_has_subgraph(node) for node in graph.node):
+        return None
+    produced = {name for node in graph.node for name in node.output if name}
+    if any(output.name not in produced for output in graph.output):
+        return None
+    types = {name: info for name, info in _inferred_shapes(model).items() if info[0]}
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    pieces = [graph.node[start:start + max_nodes] for start in range(0, len(graph.node), max_nodes)]
+    read_later: list[set[str]] = [set() for _ in pieces]  # names read by pieces after k
+    seen: set[str] = {output.name for output in graph.output}
+    for k in range(len(pieces) - 1, -1, -1):
+        read_later[k] = set(seen)
+        seen |= {name for node in pieces[k] for name in node.input if name}
+    built = []
+    for k, nodes in enumerate(pieces):
+        made = {name for node in nodes for name in node.output if name}
+        reads = [name for node in nodes for name in node.input if name and name not in made]
+        inputs = list(dict.fromkeys(name for name in reads if name not in initializers))
+        outputs = [name for name in dict.fromkeys(o for node in nodes for o in node.output if o)
+                   if name in read_later[k]]
+        if any(name not in types or types[name][1] is None for name in inputs + outputs):
+            return None  # onnxruntime sets up a piece whose inputs have no rank ~40x slower than the whole
+        piece = helper.make_graph(
+            list(nodes), f"{graph.name}_{k}",
+            [helper.make_tensor_value_info(name, *types[name]) for name in inputs],
+            [helper.make_tensor_value_info(name, *types[name]) for name in outputs],
+            [initializers[name] for name in dict.fromkeys(reads) if name in initializers])
+        built.append(helper.make_model(piece, ir_version=model.ir_version, opset_imports=list(model.opset_import)))
+    return built
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for attribute in node.attribute)

@@ -24,7 +24,10 @@ onnxruntime runs on files from contributors, so the CLI runs the whole compariso
 MEMORY_FLOOR plus MEMORY_FACTOR times the bytes of both models' tensors): a crash, a hang or a memory bomb
 becomes a one-line error (exit 2) instead of a dead or swapping machine. That child forks a helper that
 builds and runs the float64 copy while it creates and runs the two sessions (the two share the cap and
-the helper dies with the child); the helper is cancelled when the models agree without it.
+the helper dies with the child); the helper is cancelled when the models agree without it. `fix` starts
+that child before it rewrites (`start_verification`): the first model's half (onnxruntime's import, its
+session and outputs, the helper) overlaps the rewrite, and `finish` hands over the rewritten file. The
+child gets the first model's ModelInterface instead of parsing the file again.
 
 onnxruntime reads models up to some IR version (13 for 1.31) while onnx writes a newer one by default (14
 for 1.23); sessions run on a copy stamped with the highest IR version onnxruntime reads when the model's
@@ -43,7 +46,6 @@ import numpy as np
 import onnx
 
 from bnlint.errors import BnlintError
-from bnlint.isolation import run_isolated
 from bnlint.onnx_loader import iter_all_tensors, load_onnx, model_size_limit
 from bnlint.report.safe_text import printable
 from bnlint.tensors import tensor_nbytes
@@ -61,6 +63,7 @@ _UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11,
 DEFAULT_TIMEOUT = 600.0  # seconds for one isolated verification run
 LIMIT_HINTS = {"timeout_hint": "raise it with --verify-timeout", "memory_hint": "raise it with --verify-memory"}
 MEMORY_FLOOR = 4 << 30  # address space an isolated verification may add, besides MEMORY_FACTOR x tensor bytes
+HUGE_PAGES_FROM = 512 << 20  # models this large (tensor bytes of both) verify in a child with huge-page malloc
 MEMORY_FACTOR = 16  # sessions, the float64 reference (2x) and its serialized copies hold several copies
 
 
@@ -258,10 +261,14 @@ def _input_shape(value: onnx.ValueInfoProto, dims: dict[str, int]) -> tuple[int,
 
 def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     """Exclusive upper bounds for integer inputs used as Gather indices into a constant table."""
+    gathers = [node for node in model.graph.node
+               if node.op_type in ("Gather", "GatherElements") and len(node.input) > 1]
+    if not gathers:  # the common case: no table of 80000 initializers' dims to build
+        return {}
     tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
     bounds: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type in ("Gather", "GatherElements") and len(node.input) > 1 and node.input[0] in tables:
+    for node in gathers:
+        if node.input[0] in tables:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             dims = tables[node.input[0]]
             if dims and -len(dims) <= axis < len(dims):
@@ -269,10 +276,54 @@ def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     return bounds
 
 
-def make_input_sets(model: onnx.ModelProto, options: VerifyOptions, label: str) -> list[dict[str, np.ndarray]]:
+@dataclass
+class ModelInterface:
+    """What the comparison needs of a model besides running it: feedable inputs, outputs, Gather index
+    bounds, and (taken only when asked) its tensor bytes and why no float64 copy of it is made. The CLI
+    takes it from the proto it has loaded, so the verification child never parses the file again (two
+    parses of a 1.5 GB model cost ~10 s)."""
+
+    inputs: list  # feedable onnx.ValueInfoProto
+    outputs: list  # onnx.ValueInfoProto
+    index_bounds: dict[str, int]
+    tensor_bytes: int | None = None
+    no_reference: str | None = None
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, *, census: bool = True) -> ModelInterface:
+        """`census`: also walk every tensor for tensor_bytes and no_reference (needed of the first model)."""
+        interface = cls([_copied(v) for v in feedable_inputs(model)], [_copied(v) for v in model.graph.output],
+                        _index_bounds(model))
+        if census:
+            from bnlint.reference64 import NARROW_FLOATS, refusal_for
+
+            total = narrow = 0
+            for tensor, _kind in iter_all_tensors(model):
+                size = tensor_nbytes(tensor) or 0
+                total += size
+                narrow += size if tensor.data_type in NARROW_FLOATS else 0
+            interface.tensor_bytes, interface.no_reference = total, refusal_for(narrow, bool(model.functions))
+        return interface
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+
+def _copied(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """A detached copy (the CLI rewrites the proto it came from while verification runs)."""
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    return copy
+
+
+def make_input_sets(model: onnx.ModelProto | ModelInterface, options: VerifyOptions,
+                    label: str) -> list[dict[str, np.ndarray]]:
     """Seeded random inputs (normal floats, integers in a valid range, random booleans), then --inputs."""
-    values = feedable_inputs(model)
-    bounds = _index_bounds(model)
+    if isinstance(model, ModelInterface):
+        values, bounds = model.inputs, model.index_bounds
+    else:
+        values, bounds = feedable_inputs(model), _index_bounds(model)
     sets = []
     for run in range(options.runs):
         rng = np.random.default_rng(options.seed + run)
@@ -445,8 +496,10 @@ class Comparator:
 
 
 # -- isolation ------------------------------------------------------------------------------------
-def model_footprint(model: onnx.ModelProto) -> int:
+def model_footprint(model: onnx.ModelProto | ModelInterface) -> int:
     """Bytes of every tensor of the model, inline or external: what each session holds at least."""
+    if isinstance(model, ModelInterface) and model.tensor_bytes is not None:
+        return model.tensor_bytes
     return sum(tensor_nbytes(tensor) or 0 for tensor, _kind in iter_all_tensors(model))
 
 
@@ -464,20 +517,98 @@ def compare_isolated(first_path: str, second_path: str, options: VerifyOptions,
                      label: str | None = None, cli_hints: bool = False) -> VerifyResult:
     """`compare_models` in one child process under `options.timeout` and `memory_cap`: a crash, a hang or
     a memory bomb in onnxruntime raises IsolationError (a BnlintError naming `label`) instead of taking
-    bnlint down. `footprint`: the tensor bytes of both models, when the caller has them loaded;
-    `cli_hints`: the errors name the command-line options that raise the limits."""
+    bnlint down. `footprint`: the tensor bytes of both models, when the caller has them loaded (the child
+    then reads the models itself); `cli_hints`: the errors name the command-line options that raise the
+    limits."""
+    first = second = first_model = None
     if footprint is None:
         with model_size_limit(options.max_model_size):
-            footprint = sum(model_footprint(load_onnx(path)) for path in (first_path, second_path))
-    return run_isolated(_compare_task, str(first_path), str(second_path), options, tuple(checkpoints),
-                        timeout=options.timeout, memory_bytes=memory_cap(options, footprint),
-                        label=label or f"{second_path}: verification against {first_path}",
-                        **(LIMIT_HINTS if cli_hints else {}))
+            first_model = load_onnx(first_path)
+            first = ModelInterface.of(first_model)
+            second = ModelInterface.of(load_onnx(second_path))
+        footprint = first.tensor_bytes + second.tensor_bytes
+    pending = start_verification(first_path, options, first, model=first_model, footprint=footprint,
+                                 label=label or f"{second_path}: verification against {first_path}",
+                                 cli_hints=cli_hints)
+    return pending.finish(second_path, second, checkpoints)
 
 
-def _compare_task(first_path: str, second_path: str, options: VerifyOptions, checkpoints) -> VerifyResult:
+class PendingVerification:
+    """A verification child started before the second model exists (start_verification). While the
+    caller rewrites, it imports onnxruntime, opens and runs the first model's session and starts the
+    float64 reference; finish() hands it the second model and returns the verdict."""
+
+    def __init__(self, isolated, channel):
+        self.isolated, self.channel = isolated, channel
+
+    def finish(self, second_path: str, second: ModelInterface | None = None,
+               checkpoints: Sequence[Checkpoint] = ()) -> VerifyResult:
+        """The comparison with `second_path` (`second`: its interface, when the caller has it loaded);
+        raises what compare_isolated raises. The request is sent once the child says it is ready, so a
+        child stuck in the first half cannot block this process past the timeout."""
+        import time
+
+        started = time.monotonic()
+        try:
+            if self.channel.poll(self.isolated.timeout):
+                self.channel.recv()  # "ready"
+                self.channel.send((str(second_path), second, tuple(checkpoints)))
+        except (EOFError, OSError):  # the child already ended: result() says how
+            pass
+        finally:
+            self.channel.close()
+        return self.isolated.result(spent=time.monotonic() - started)
+
+    def cancel(self) -> None:
+        """Stop the child (nothing to verify, or an error); harmless after finish()."""
+        self.channel.close()
+        self.isolated.cancel()
+
+
+def start_verification(first_path: str, options: VerifyOptions, first: ModelInterface | None = None, *,
+                       model: onnx.ModelProto | None = None, footprint: int, label: str,
+                       cli_hints: bool = False) -> PendingVerification:
+    """Start the isolated comparison of `first_path` with a model to be given later (finish), under
+    `options.timeout` (counted from finish) and memory_cap(options, footprint). `first`: the first
+    model's interface (None: the child loads the file); `model`: its loaded proto, handed to a forked
+    child for free (its float64 reference then needs no second parse), never copied into a fresh one."""
+    import multiprocessing
+
+    from bnlint.isolation import forks, start_isolated
+
+    mine, theirs = multiprocessing.Pipe()
+    huge = footprint >= HUGE_PAGES_FROM
+    shared = model if model is not None and forks(huge) else None
+    try:
+        isolated = start_isolated(_staged_compare_task, str(first_path), first, options, theirs, shared,
+                                  timeout=options.timeout, memory_bytes=memory_cap(options, footprint),
+                                  label=label, die_with_parent=True, huge_pages=huge,
+                                  **(LIMIT_HINTS if cli_hints else {}))
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    return PendingVerification(isolated, mine)
+
+
+def _staged_compare_task(first_path: str, first, options: VerifyOptions, channel, model=None):
+    """start_verification's child: the first model's half now, then "ready", then the rest once the
+    second model's path arrives (a closed pipe: nothing to compare)."""
     with model_size_limit(options.max_model_size):  # a fresh child does not inherit the parent's cap
-        return compare_models(first_path, second_path, options, checkpoints)
+        prepared = _Prepared(first_path, first, options, model)
+        try:
+            channel.send("ready")
+            request = channel.recv()
+        except (EOFError, OSError):
+            request = None
+        finally:
+            channel.close()
+        if request is None:
+            prepared.close()
+            return None
+        second_path, second, checkpoints = request
+        return compare_models(first_path, second_path, options, checkpoints, prepared=prepared, second=second)
 
 
 def run_model(path: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -498,53 +629,120 @@ class Checkpoint:
     second: str
 
 
-def compare_models(first_path: str, second_path: str, options: VerifyOptions,
-                   checkpoints: Sequence[Checkpoint] = ()) -> VerifyResult:
-    """Run both models on the same inputs and compare every output of the first."""
-    first_label, second_label = str(first_path), str(second_path)
-    first_model = load_onnx(first_path)
-    second_model = load_onnx(second_path)
-    _check_interfaces(first_model, second_model, first_label, second_label)
-    feeds = make_input_sets(first_model, options, first_label)
-    names = [o.name for o in first_model.graph.output]
-    notes: list[str] = []
-    reason = None
-    if not options.fixed:
-        from bnlint.reference64 import refusal
+class _Prepared:
+    """The first model's half of a comparison, which needs nothing of the second: its input sets, its
+    session and outputs, and the float64 reference helper (started first, while forking is safe). Errors
+    wait in `error` / `native` so the interface check still speaks first."""
 
-        reason = refusal(first_model)
-    helper = None if options.fixed or reason else _start_reference(first_model, str(first_path), feeds, names)
-    try:
+    def __init__(self, path: str, first: ModelInterface | None, options: VerifyOptions,
+                 model: onnx.ModelProto | None = None):
+        self.path = self.label = str(path)
+        self._model = model
+        if first is None:
+            first = ModelInterface.of(self.model())
+        self.first, self.names = first, first.output_names
+        self.no_reference = None if options.fixed else first.no_reference
+        self.error: VerifyError | None = None
+        self.native: VerifyError | None = None  # onnxruntime cannot load the first model as it is
+        self.helper = self.session = None
+        self.feeds: list[dict] = []
+        self.outputs: list[dict] = []
         try:
-            sessions = (_open(str(first_path), first_label), _open(str(second_path), second_label))
-            nominal = None
-        except VerifyError as native:
-            sessions = _widened_sessions(first_model, second_model, str(first_path), str(second_path), native)
-            nominal = {o.name: _declared_dtype(o) for o in first_model.graph.output}
-            notes.append(f"onnxruntime cannot run the models as they are ({native}); compared float64 copies, "
-                         "which hold the same weights exactly, with the fixed tolerance of the declared type")
-        runs = _Runs(sessions, None, names, (first_label, second_label), notes, nominal)
-        runs.collect(feeds)
-        if nominal is None and not options.fixed:
-            if reason is not None:
-                notes.append(f"no float64 reference: {reason}")
-            else:
-                agreement, worst = agreement_checks(runs.names, runs.firsts, runs.seconds)
-                if worst <= 1.0:
-                    return VerifyResult(True, agreement, AGREEMENT_MODE, notes, len(feeds))
-                if math.isfinite(worst):
-                    notes.append(f"the outputs differ from the original's by {worst:.3g} x what is accepted without "
-                                 f"a float64 reference ({AGREEMENT_ULPS:g}u of a channel's largest |value|)")
-                _attach_reference(runs, helper, first_model, str(first_path), notes)
+            self.feeds = make_input_sets(first, options, self.label)
+        except VerifyError as exc:
+            self.error = exc
+            return
+        if not options.fixed and self.no_reference is None:
+            self.helper = _start_reference(model, self.path, self.feeds, self.names)
+        try:
+            self.session = _open(self.path, self.label)
+        except VerifyError as exc:
+            self.native = exc
+            return
+        try:
+            self.outputs = [_run(self.session, feed, self.label, self.names) for feed in self.feeds]
+        except VerifyError as exc:
+            self.error = exc
+        # Its outputs are kept; the session itself only serves a near miss's extra input sets. Freed now,
+        # its memory serves the second session (a fresh 1.5 GB costs ~3 s of page faults, reused ~0.6 s).
+        self.session = _Reopened(self.path, self.label)
+
+    def model(self) -> onnx.ModelProto:
+        """The first model's proto, loaded on first use (float64 copies only)."""
+        if self._model is None:
+            self._model = load_onnx(self.path)
+        return self._model
+
+    def close(self) -> None:
+        if self.helper is not None:
+            self.helper.cancel()
+            self.helper = None
+
+
+class _Reopened:
+    """A session opened again on first use."""
+
+    def __init__(self, path: str, label: str):
+        self.path, self.label, self.session = path, label, None
+
+    def _opened(self):
+        if self.session is None:
+            self.session = _open(self.path, self.label)
+        return self.session
+
+    def run(self, names, feed):
+        return self._opened().run(names, feed)
+
+    def get_outputs(self):
+        return self._opened().get_outputs()
+
+
+def compare_models(first_path: str, second_path: str, options: VerifyOptions,
+                   checkpoints: Sequence[Checkpoint] = (), *, prepared: _Prepared | None = None,
+                   second: ModelInterface | None = None) -> VerifyResult:
+    """Run both models on the same inputs and compare every output of the first. `prepared`: the first
+    model's half, already done (start_verification); `second`: the second model's interface, when the
+    caller has it."""
+    first_label, second_label = str(first_path), str(second_path)
+    if prepared is None:  # in this process, from the files
+        first_model = load_onnx(first_path)
+        first, second = ModelInterface.of(first_model), ModelInterface.of(load_onnx(second_path), census=False)
+        _check_interfaces(first, second, first_label, second_label)  # before any session, as always
+        prepared = _Prepared(first_label, first, options, first_model)
+    try:
+        if second is None:
+            second = ModelInterface.of(load_onnx(second_path), census=False)
+        _check_interfaces(prepared.first, second, first_label, second_label)
+        if prepared.error is not None:
+            raise prepared.error
+        return _compare_prepared(prepared, second_label, options, checkpoints)
     finally:
-        if helper is not None:
-            helper.cancel()
+        prepared.close()
+
+
+def _compare_prepared(prepared: _Prepared, second_label: str, options: VerifyOptions,
+                      checkpoints: Sequence[Checkpoint]) -> VerifyResult:
+    first_label, feeds, names = prepared.label, prepared.feeds, prepared.names
+    notes: list[str] = []
+    runs = _second_runs(prepared, second_label, notes)
+    if runs.nominal is None and not options.fixed:
+        if prepared.no_reference is not None:
+            notes.append(f"no float64 reference: {prepared.no_reference}")
+        else:
+            agreement, worst = agreement_checks(runs.names, runs.firsts, runs.seconds)
+            if worst <= 1.0:
+                return VerifyResult(True, agreement, AGREEMENT_MODE, notes, len(feeds))
+            if math.isfinite(worst):
+                notes.append(f"the outputs differ from the original's by {worst:.3g} x what is accepted without "
+                             f"a float64 reference ({AGREEMENT_ULPS:g}u of a channel's largest |value|)")
+            _attach_reference(runs, prepared, notes)
+    prepared.close()
     comparator, checks = runs.compare(options)
     if not all(c.ok for c in checks) and runs.reference is not None and _near_miss(checks):
         # Rounding errors of two equivalent models are random draws; with few values per channel the
         # original can be lucky. A real divergence stays; a draw regresses once more inputs are pooled.
-        extra = make_input_sets(first_model, replace(options, seed=options.seed + options.runs,
-                                                     runs=NEAR_MISS_RUNS, inputs=None), first_label)
+        extra = make_input_sets(prepared.first, replace(options, seed=options.seed + options.runs,
+                                                        runs=NEAR_MISS_RUNS, inputs=None), first_label)
         runs.collect(extra)
         feeds = feeds + extra
         comparator, checks = runs.compare(options)
@@ -554,10 +752,33 @@ def compare_models(first_path: str, second_path: str, options: VerifyOptions,
     if not ok:
         result.failing_set = _first_failing_set(checks, runs.firsts, runs.seconds, comparator, names, runs.refs)
         if checkpoints:
-            result.divergence = locate_divergence(first_path, second_path, checkpoints,
+            result.divergence = locate_divergence(first_label, second_label, checkpoints,
                                                   feeds[result.failing_set or 0], comparator,
                                                   runs.reference is not None)
     return result
+
+
+def _second_runs(prepared: _Prepared, second_label: str, notes: list[str]) -> _Runs:
+    """Both models' outputs on the prepared input sets: the second model's session beside the first's, or
+    float64 copies of both when onnxruntime cannot run either as it is (bfloat16)."""
+    labels = (prepared.label, second_label)
+    native = prepared.native
+    if native is None:
+        try:
+            second_session = _open(second_label, second_label)
+        except VerifyError as exc:
+            native = exc
+        else:
+            runs = _Runs((prepared.session, second_session), None, prepared.names, labels, notes)
+            runs.continue_with(prepared.feeds, prepared.outputs)
+            return runs
+    sessions = _widened_sessions(prepared.model(), load_onnx(second_label), prepared.label, second_label, native)
+    nominal = {o.name: _declared_dtype(o) for o in prepared.first.outputs}
+    notes.append(f"onnxruntime cannot run the models as they are ({native}); compared float64 copies, "
+                 "which hold the same weights exactly, with the fixed tolerance of the declared type")
+    runs = _Runs(sessions, None, prepared.names, labels, notes, nominal)
+    runs.collect(prepared.feeds)
+    return runs
 
 
 def _declared_dtype(value: onnx.ValueInfoProto) -> str:
@@ -583,13 +804,13 @@ def _widened_sessions(first_model, second_model, first_path: str, second_path: s
     return tuple(sessions)
 
 
-def _start_reference(model: onnx.ModelProto, path: str, feeds, names):
+def _start_reference(model: onnx.ModelProto | None, path: str, feeds, names):
     """The float64 reference's outputs on `feeds`, computed in a forked helper process while this one
     creates and runs the two sessions (onnxruntime holds the GIL while it builds a session, so a thread
     would not overlap). Only when forking is safe (onnxruntime not loaded yet, as in the isolated
     verification child); else None and the reference is built here, if needed. Under a memory cap, each
     of the two processes gets half of what remains (share_memory_cap); the helper dies with this process
-    and is cancelled when the models agree without it."""
+    and is cancelled when the models agree without it. `model` None: the helper loads `path` itself."""
     from bnlint.isolation import fork_is_safe, share_memory_cap, start_isolated
 
     if not fork_is_safe():
@@ -598,10 +819,10 @@ def _start_reference(model: onnx.ModelProto, path: str, feeds, names):
                           memory_bytes=share_memory_cap(), label=f"{path}: float64 reference", die_with_parent=True)
 
 
-def _reference_outputs_task(model: onnx.ModelProto, path: str, feeds, names):
+def _reference_outputs_task(model: onnx.ModelProto | None, path: str, feeds, names):
     """(the reference's outputs per feed, or None when it cannot run; the notes that say why)."""
     notes: list[str] = []
-    reference = _reference_session(model, path, notes, checked=True)
+    reference = _reference_session(load_onnx(path) if model is None else model, path, notes, checked=True)
     outputs = []
     for feed in feeds if reference is not None else ():
         result = _run_reference(reference, feed, names, notes)
@@ -611,18 +832,21 @@ def _reference_outputs_task(model: onnx.ModelProto, path: str, feeds, names):
     return (outputs if reference is not None else None), notes
 
 
-def _attach_reference(runs: _Runs, helper, model: onnx.ModelProto, path: str, notes: list[str]) -> None:
+def _attach_reference(runs: _Runs, prepared: _Prepared, notes: list[str]) -> None:
     """Give `runs` the float64 reference: the helper's outputs (its session is rebuilt here only if more
     input sets need it), or a session built here."""
+    helper, path = prepared.helper, prepared.path
     if helper is None:
-        runs.attach_reference(_reference_session(model, path, notes, checked=True))
+        runs.attach_reference(_reference_session(prepared.model(), path, notes, checked=True))
         return
+    prepared.helper = None
     outputs, helper_notes = helper.result()
     notes.extend(helper_notes)
     if outputs is None:
         runs.attach_reference(None)
         return
-    runs.attach_outputs(_RebuiltReference(lambda: _reference_session(model, path, [], checked=True)), outputs)
+    runs.attach_outputs(_RebuiltReference(lambda: _reference_session(prepared.model(), path, [], checked=True)),
+                        outputs)
 
 
 class _RebuiltReference:
@@ -710,6 +934,15 @@ class _Runs:
             if self.reference is not None:
                 self._run_reference(feed)
 
+    def continue_with(self, feeds, firsts) -> None:
+        """collect() for input sets the first session has already run (`firsts`: its outputs)."""
+        for feed, first in zip(feeds, firsts):
+            self.feeds.append(feed)
+            self.firsts.append(first)
+            self.seconds.append(_run(self.sessions[1], feed, self.labels[1], self.names))
+            if self.reference is not None:
+                self._run_reference(feed)
+
     def attach_reference(self, reference) -> None:
         """Use `reference` (None: there is none) from now on, running it on the input sets already run."""
         self.reference, self.refs = reference, []
@@ -774,9 +1007,9 @@ def _compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> bool:
                for x, y in zip(ta.shape.dim, tb.shape.dim))
 
 
-def _check_interfaces(first: onnx.ModelProto, second: onnx.ModelProto, first_label: str, second_label: str) -> None:
-    a = {v.name: v for v in feedable_inputs(first)}
-    b = {v.name: v for v in feedable_inputs(second)}
+def _check_interfaces(first: ModelInterface, second: ModelInterface, first_label: str, second_label: str) -> None:
+    a = {v.name: v for v in first.inputs}
+    b = {v.name: v for v in second.inputs}
     if set(a) != set(b):
         raise VerifyError(f"{second_label}: inputs differ from {first_label}'s "
                           f"({', '.join(sorted(a))} vs {', '.join(sorted(b))})")
@@ -784,8 +1017,8 @@ def _check_interfaces(first: onnx.ModelProto, second: onnx.ModelProto, first_lab
         if not _compatible(a[name], b[name]):
             raise VerifyError(f"{second_label}: inputs differ from {first_label}'s: '{name}' is "
                               f"{_describe_type(a[name])} vs {_describe_type(b[name])}")
-    outputs_a = [o.name for o in first.graph.output]
-    missing = [name for name in outputs_a if name not in {o.name for o in second.graph.output}]
+    outputs_a = first.output_names
+    missing = [name for name in outputs_a if name not in set(second.output_names)]
     if missing:
         raise VerifyError(f"{second_label}: output(s) {', '.join(missing)} of {first_label} are missing")
 
@@ -801,7 +1034,7 @@ def _reference_session(model: onnx.ModelProto, path: str, notes: list[str], chec
     wrapped = []
     for _attempt in range(16):
         try:
-            sess = session(copy)
+            sess = _copy_session(copy)
             if wrapped:
                 notes.append(f"float64 reference computes {', '.join(wrapped)} in float32 (no double kernel)")
             return sess
@@ -812,6 +1045,30 @@ def _reference_session(model: onnx.ModelProto, path: str, notes: list[str], chec
                 return None
             wrapped.append(op)
     return None
+
+
+def _copy_session(copy: onnx.ModelProto):
+    """A session over the float64 copy: one, or one per segment of a deep copy (reference64.segments), whose
+    setup costs grow faster than linearly with nodes (a 20000-block copy: ~70 s in one, a few in pieces)."""
+    from bnlint.reference64 import segments
+
+    pieces = segments(copy)
+    return session(copy) if pieces is None else _SegmentedSession([session(piece) for piece in pieces])
+
+
+class _SegmentedSession:
+    """Runs the segments of a model in order, handing each the values it reads (bit-identical to one
+    session: the same kernels on the same values)."""
+
+    def __init__(self, sessions):
+        self.sessions = sessions
+        self.plans = [([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]) for s in sessions]
+
+    def run(self, names, feed):
+        values = dict(feed)
+        for sess, (inputs, outputs) in zip(self.sessions, self.plans):
+            values.update(zip(outputs, sess.run(outputs, {name: values[name] for name in inputs})))
+        return [values[name] for name in names]
 
 
 def _missing_kernel(message: str) -> str | None:
