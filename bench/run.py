@@ -232,7 +232,17 @@ class Bench:
                 path.parent)
         whole["bnlint check"] = self.whole("python -m bnlint check", [python, "-m", "bnlint", "check", str(path)],
                                            path.parent)
-        return {"in_process": inproc, "whole_process": whole}
+        result = {"in_process": inproc, "whole_process": whole}
+        if spec.blocks == self.plan.scaling_reference_blocks and spec.kind == "depth":
+            result["formats"] = self.formats(path)
+        return result
+
+    def formats(self, path: Path) -> dict:
+        """`check --format F` for every other output format, in-process: a renderer that scales badly with the
+        number of findings (this model has two per block) shows up as a ratio far above the default's."""
+        from tools import CHECK_FORMATS
+
+        return {name: self.step(f"bnlint check --format {name}", path, own=True) for name in CHECK_FORMATS}
 
     def fix(self, spec: ModelSpec, path: Path) -> tuple[dict, dict]:
         work = self.work / spec.name

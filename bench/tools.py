@@ -73,13 +73,19 @@ def _run_cli(args: list[str]) -> None:
         raise StepFailed(lines[-1] if lines else f"exit code {code}")
 
 
-def bnlint_check() -> Step:
+def bnlint_check(output_format: str | None = None) -> Step:
     import bnlint.cli  # noqa: F401  (the import is not part of the step)
     import bnlint.lint  # noqa: F401  (imported lazily by `check`; a library caller has it loaded)
 
+    extra = ["--format", output_format] if output_format else []
+
     def step(model, out, external):
-        _run_cli(["check", str(model)])
+        _run_cli(["check", str(model), *extra])
     return step
+
+
+# Every output format of `check`, so a slow renderer shows up (the default `full` is the "bnlint check" cell).
+CHECK_FORMATS = ("concise", "json", "json-lines", "sarif", "github", "gitlab", "junit", "markdown")
 
 
 def bnlint_fix_available() -> str | None:
@@ -95,8 +101,10 @@ def _bnlint_fix(verify: bool) -> Step:
     reason = bnlint_fix_available()
     if reason:
         raise StepFailed(reason)
+    # onnxruntime itself is not imported here: `bnlint fix` never imports it in its own process (the
+    # verification child does), and with it loaded the child could no longer be forked.
     _import_quietly("onnx", "bnlint.cli", "bnlint.cli_fix", "bnlint.fix", "bnlint.fix.report", "bnlint.onnx_loader",
-                    "bnlint.safe_io", *(["bnlint.verify", "onnxruntime"] if verify else []))
+                    "bnlint.safe_io", *(["bnlint.verify"] if verify else []))
 
     def step(model, out, external):
         _run_cli(["fix", str(model), "-o", str(out), *([] if verify else ["--no-verify"])])
@@ -235,4 +243,5 @@ STEPS: dict[str, Callable[[], Step]] = {
     "onnxslim": onnxslim_slim,
     "onnxscript": onnxscript_fuse_bn,
     "2 onnxruntime sessions": ort_two_sessions,
+    **{f"bnlint check --format {name}": (lambda name=name: bnlint_check(name)) for name in CHECK_FORMATS},
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -75,12 +75,19 @@ class Finding:
         return (loc.file, loc.graph != "main", loc.graph, loc.index, self.code, self.message)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["severity"] = self.severity.value
-        data["related"] = list(self.related)
-        data["tags"] = list(self.tags)
-        data["citations"] = [asdict(c) for c in self.citations]
-        return data
+        # Written out rather than dataclasses.asdict, which deep-copies every field: with 40,000 findings
+        # asdict alone took longer than linting the model.
+        return {
+            "code": self.code,
+            "slug": self.slug,
+            "severity": self.severity.value,
+            "message": self.message,
+            "location": dict(vars(self.location)),
+            "related": list(self.related),
+            "fixable": self.fixable,
+            "tags": list(self.tags),
+            "citations": [dict(vars(c)) for c in self.citations],
+        }
 
 
 def sort_findings(findings) -> list[Finding]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 from bnlint.findings import Finding
@@ -48,15 +49,20 @@ def relative_to_root(path: str, root: Path) -> str:
     head, sep, tail = path.rpartition(":")
     if sep and head.endswith(".py") and tail and "/" not in tail and "\\" not in tail:
         path, suffix = head, f":{tail}"
-    absolute = Path(os.path.abspath(path))
+    return _relative_absolute(os.path.abspath(path), root) + suffix
+
+
+@lru_cache(maxsize=4096)  # every finding of a model asks for the same file; resolving it costs syscalls
+def _relative_absolute(path: str, root: Path) -> str:
+    absolute = Path(path)
     try:
-        return absolute.relative_to(root).as_posix() + suffix
+        return absolute.relative_to(root).as_posix()
     except ValueError:
         pass
     try:  # the root may be reached through a symlink (e.g. /tmp on macOS)
-        return absolute.resolve().relative_to(root.resolve()).as_posix() + suffix
+        return absolute.resolve().relative_to(root.resolve()).as_posix()
     except (ValueError, OSError):
-        return absolute.as_posix() + suffix
+        return absolute.as_posix()
 
 
 def source_path(path: str, source_root: str | None = None) -> str:

@@ -168,7 +168,9 @@ def pictures_for(model: Model, findings: Iterable[Finding],
         graph = graphs.get(loc.graph)
         if graph is None:
             continue
-        by_label = labels.setdefault(loc.graph, _nodes_by_label(graph))
+        by_label = labels.get(loc.graph)
+        if by_label is None:  # once per graph: setdefault would rebuild the index for every finding
+            by_label = labels[loc.graph] = _nodes_by_label(graph)
         node = by_label.get(loc.node)
         if node is None:
             continue

@@ -84,6 +84,12 @@ def test_quick_bench_writes_complete_results(tmp_path):
         assert_timed(model["verify"]["2 onnxruntime sessions"], runs)
         assert_timed(model["verify"]["bnlint fix (verify)"], runs)
 
+    formats = results["models"]["depth-30"]["check"]["formats"]  # every output format, on the reference depth
+    assert set(formats) == {"concise", "json", "json-lines", "sarif", "github", "gitlab", "junit", "markdown"}
+    for cell in formats.values():
+        assert_timed(cell, runs)
+    assert "formats" not in results["models"]["depth-120"]["check"]
+
     rows = results["scaling"]
     assert [r["blocks"] for r in rows] == [30, 120]
     for row in rows:
@@ -104,6 +110,7 @@ def test_quick_bench_writes_complete_results(tmp_path):
     text = (out / "quick.txt").read_text()
     assert text in done.stdout
     assert "x load+save" in text and "targets (issue 6)" in text and "machine:" in text
+    assert "bnlint check --format F on depth-30" in text
     if importlib.util.find_spec("matplotlib"):
         assert (out / "quick-scaling.png").read_bytes().startswith(b"\x89PNG")
     else:

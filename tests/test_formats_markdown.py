@@ -170,3 +170,16 @@ def test_report_fits_in_a_pull_request_comment():
     assert "more (use `--format sarif` or `json` for all)" in text
     assert re.search(r"Only the first \d+ findings are shown in detail", text)
     assert text.rstrip().endswith("`broken.onnx`: bad")  # load errors are never cut off
+
+
+def test_pictures_index_each_graph_once_however_many_findings(monkeypatch):
+    import bnlint.pictures as pictures
+
+    built = []
+    real = pictures._nodes_by_label
+    monkeypatch.setattr(pictures, "_nodes_by_label", lambda graph: built.append(graph.path) or real(graph))
+    model = model_from_text(CONV_RELU_BN)
+    findings = lint_model(model)
+    many = findings * 50  # a deep model has thousands of findings in one graph
+    assert len(pictures_for(model, many)) == len(many)
+    assert built == ["main"]  # rebuilt per finding, a 2,000-block model took 6 s to render
