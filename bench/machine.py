@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 
 PACKAGES = ("bnlint", "onnx", "onnxruntime", "onnx-ir", "onnxscript", "onnxoptimizer", "onnxsim", "onnxslim",
-            "numpy", "protobuf", "matplotlib")
+            "numpy", "ml_dtypes", "protobuf", "matplotlib")
 
 
 def _cpu_model() -> str:

@@ -111,8 +111,12 @@ def check_tables(results: dict) -> list[str]:
                      times(ratio(lint, graph_only)) if graph_only else "",
                      megabytes(floor and floor.get("peak_rss_mb")), megabytes(lint and lint.get("peak_rss_mb"))])
     if rows:
-        out.append("bnlint check, whole process (`python -m bnlint check M` vs `python -c 'import onnx; "
-                   "onnx.load(M)'`; target <= 1.3x)\n" + table(["model", "python -c onnx.load", "python -m bnlint check", "x load", "x graph-only load",
+        # runs before 2026-12-04 recorded no command: they ran `python -m bnlint`
+        command = results.get("bnlint_command", "python -m bnlint")
+        command = "python -m bnlint" if command.endswith(" -m bnlint") else "bnlint"
+        out.append(f"bnlint check, whole process (`{command} check M` vs `python -c 'import onnx; onnx.load(M)'`; "
+                   "target <= 1.3x)\n" +
+                   table(["model", "python -c onnx.load", f"{command} check", "x load", "x graph-only load",
                           "RSS load", "RSS check"], rows))
     out.extend(format_table(results))
     return out

@@ -8,7 +8,7 @@ only BNs that fail a check are looked at again one by one (to word the message).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -20,8 +20,7 @@ _KEYS = ("scale", "bias", "mean", "var")
 _F32 = np.dtype("<f4")
 
 
-@dataclass(frozen=True)
-class BNFacts:
+class BNFacts(NamedTuple):
     """Per-BN booleans; None for a BN whose parameters were not in the batch (check it one by one)."""
 
     finite: bool            # scale, bias, mean and var are all finite

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 # Folders no one wants scanned: installed packages ship thousands of test .onnx files.
 DEFAULT_EXCLUDE = ("node_modules/", "site-packages/", "__pypackages__/", "venv/")
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):
     regex: re.Pattern[str]
     negate: bool
     dir_only: bool

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -25,8 +26,7 @@ from bnlint.tensors import constant_of_shape, to_array
 ONNX_DOMAINS = ("", "ai.onnx")
 
 
-@dataclass(frozen=True)
-class Provenance:
+class Provenance(NamedTuple):
     """Where a node came from in the user's code (set by PyTorch front ends and exporter metadata)."""
 
     module: str | None = None

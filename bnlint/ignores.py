@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bnlint.config import Config, _glob_match, _relative_posix
 from bnlint.findings import Finding
@@ -24,8 +24,7 @@ from bnlint.selection import expand
 PER_FILE, PER_NODE = "per-file-ignores", "per-node-ignores"
 
 
-@dataclass(frozen=True)
-class IgnoreEntry:
+class IgnoreEntry(NamedTuple):
     """One selector of one config entry: `per-node-ignores."backbone.*"` selector `BN001`."""
 
     kind: str
@@ -36,8 +35,7 @@ class IgnoreEntry:
         return f'{self.kind}."{self.pattern}" = ["{self.selector}"]'
 
 
-@dataclass(frozen=True)
-class IgnoreOutcome:
+class IgnoreOutcome(NamedTuple):
     kept: tuple[Finding, ...]
     used: frozenset[IgnoreEntry]
     applied: frozenset[IgnoreEntry]

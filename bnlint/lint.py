@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from bnlint.config import Config, load_config
 from bnlint.engine import lint_model
@@ -76,8 +76,7 @@ class LintObserver(Protocol):
     def finished(self, outcome: TargetResult) -> None: ...
 
 
-@dataclass(frozen=True)
-class TargetResult:
+class TargetResult(NamedTuple):
     """The outcome for one target: its findings, or the reason it could not be read."""
 
     target: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bnlint.graph import Node
 from bnlint.ops import value_rank
@@ -17,8 +17,7 @@ def layer_kind(layer: Node) -> str:
     return "MatMul+Add" if layer.op_type == "Add" else layer.op_type
 
 
-@dataclass(frozen=True)
-class BiasSite:
+class BiasSite(NamedTuple):
     """A layer whose bias a BN cancels: the layer (a MatMul+Add is its Add), the Identity chain between
     them, and the bias value's name."""
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bnlint.findings import Severity
 from bnlint.graph import Graph, Node
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     """What a check reports: the node at fault, a message, other nodes involved, an optional severity."""
 
     node: Node

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 try:
     import tomllib
@@ -33,8 +34,7 @@ def rules_dir() -> Path:
     return Path(__file__).parent.parent / "rules"
 
 
-@dataclass(frozen=True)
-class Citation:
+class Citation(NamedTuple):
     authors: tuple[str, ...]
     title: str
     venue: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -108,8 +109,7 @@ def _batchnorm(node: Node) -> BatchNorm:
     )
 
 
-@dataclass(frozen=True)
-class Dropout:
+class Dropout(NamedTuple):
     """A Dropout node's meaning: whether it is a no-op at inference, and why (or why unknown)."""
 
     node: Node

@@ -8,7 +8,7 @@ a weight layer for a BN. Which ops are transparent is the rule's choice; the wal
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bnlint.graph import Graph, Node
 
@@ -24,8 +24,7 @@ def op_in(op_types) -> NodePredicate:
     return lambda node: node.is_onnx_op and node.op_type in types
 
 
-@dataclass(frozen=True)
-class Path:
+class Path(NamedTuple):
     """A walk's result: the node reached and the transparent nodes passed on the way, in walk order."""
 
     end: Node

@@ -116,6 +116,25 @@ def test_ordered_map_keeps_item_order_and_isolates_failures():
     assert ordered_map(_boom, [1, 3], (2,), jobs=1, on_error=_caught) == [2, "error 3: three is bad"]
 
 
+def _collector_on(item):
+    import gc
+
+    return gc.isenabled()
+
+
+def test_ordered_map_pauses_the_collector_only_in_the_collecting_parent():
+    """The parent unpickles results with the cyclic collector paused; workers run with it on, and it is
+    on again afterwards."""
+    import gc
+
+    seen_in_parent = []
+    results = ordered_map(_collector_on, list(range(6)), jobs=2,
+                          on_done=lambda _: seen_in_parent.append(gc.isenabled()), on_error=_caught)
+    assert results == [True] * 6
+    assert seen_in_parent == [False] * 6
+    assert gc.isenabled()
+
+
 def test_ordered_map_avoids_fork_when_the_parent_runs_threads():
     from bnlint.parallel import _context
 
