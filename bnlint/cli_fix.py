@@ -9,6 +9,7 @@ the worst of theirs.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -201,12 +202,29 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
         proto = load_onnx(model)
         early = None if verify_options is None or show_diff else \
             _start_verification(model, proto, verify_options, shown or model)
+        checker = None if show_diff else _start_checker(model, proto)
         try:
             return _fix_and_write(proto, model, out, codes, show_diff, verify_options, in_place, started, exported,
-                                  shown, diff_to_stdout, early)
+                                  shown, diff_to_stdout, early, checker)
         finally:
-            if early is not None:
-                early.cancel()
+            for child in (early, checker):
+                if child is not None:
+                    child.cancel()
+
+
+# Models up to this size get the ONNX checker's child before the rewrite (bnlint.safe_io.start_checker).
+EARLY_CHECKER_MAX_BYTES = 64 << 20
+
+
+def _start_checker(model: str, proto):
+    """The checker for a small model written inline, started now (else None: prepare_save starts its own)."""
+    from bnlint.safe_io import start_checker, uses_external_data
+
+    try:
+        small = os.path.getsize(model) <= EARLY_CHECKER_MAX_BYTES
+    except OSError:
+        small = False
+    return start_checker() if small and not uses_external_data(proto) else None
 
 
 def _start_verification(model: str, proto, options, shown: str):
@@ -220,7 +238,7 @@ def _start_verification(model: str, proto, options, shown: str):
 
 
 def _fix_and_write(proto, model: str, out: Path, codes, show_diff: bool, verify_options, in_place: bool,
-                   started: float, exported, shown: str | None, diff_to_stdout: bool, early):
+                   started: float, exported, shown: str | None, diff_to_stdout: bool, early, checker):
     from bnlint.fix import fix_model
     from bnlint.fix.report import FixRun, render_diff
     from bnlint.safe_io import check_output_path, prepare_save, too_large, uses_external_data
@@ -243,7 +261,7 @@ def _fix_and_write(proto, model: str, out: Path, codes, show_diff: bool, verify_
     # A model that came with external data keeps that layout; one too large for protobuf gets it.
     detached_bytes = sum(array.nbytes for array in outcome.detached.values())
     pending = prepare_save(proto, out, source_path=model, arrays=outcome.detached,
-                           external=input_external or too_large(proto, detached_bytes))
+                           external=input_external or too_large(proto, detached_bytes), checker=checker)
     try:
         if verify_options is not None and outcome.changed:
             run.verification = _verify(early, str(pending.temp_path), proto, outcome)

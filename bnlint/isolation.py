@@ -89,6 +89,48 @@ def start_isolated(fn: Callable[..., Any], *args, timeout: float | None = DEFAUL
                     timeout_hint, memory_hint)
 
 
+def start_awaiting(fn: Callable[..., Any], prepare: Callable[[], Any] | None = None, **options) -> Awaiting:
+    """A child for `fn` started before its arguments exist: it runs `prepare()` (work that needs no
+    arguments, such as building a native library's lookup tables), then waits; `feed(*args)` hands them
+    over and returns the running Isolated. `options`: as for start_isolated."""
+    receiver, sender = _context().Pipe(duplex=False)
+    try:
+        task = start_isolated(_await_arguments, receiver, fn, prepare, **options)
+    finally:
+        receiver.close()
+    return Awaiting(task, sender)
+
+
+class Awaiting:
+    """A started child waiting for its arguments (start_awaiting); feed() them or cancel() it."""
+
+    def __init__(self, task: Isolated, sender):
+        self.task, self.sender = task, sender
+
+    def feed(self, *args, **kwargs) -> Isolated:
+        try:
+            self.sender.send((args, kwargs))
+        except OSError:  # the child died early: result() reports how
+            pass
+        finally:
+            self.sender.close()
+        return self.task
+
+    def cancel(self) -> None:
+        self.sender.close()
+        self.task.cancel()
+
+
+def _await_arguments(receiver, fn, prepare):
+    if prepare is not None:
+        prepare()
+    try:
+        args, kwargs = receiver.recv()
+    except EOFError:  # cancelled before any arguments came
+        os._exit(0)
+    return fn(*args, **kwargs)
+
+
 class Isolated:
     """A task running in a child process (start_isolated)."""
 

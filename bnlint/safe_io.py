@@ -148,10 +148,13 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 
 
 def prepare_save(model: onnx.ModelProto, out_path: str | os.PathLike, *, source_path: str | os.PathLike,
-                 external: bool | None = None, arrays: dict[str, np.ndarray] | None = None) -> PendingSave:
+                 external: bool | None = None, arrays: dict[str, np.ndarray] | None = None,
+                 checker: isolation.Awaiting | None = None) -> PendingSave:
     """Write `model` next to `out_path` under a temporary name and check it; the caller commits or
     discards. `source_path` is the model file that external tensors are read from. `arrays` holds the
     values of main-graph initializers whose TensorProto has no data (bnlint.fix's detached weights).
+    `checker`: a child from start_checker(), used when the model is written inline (else the caller
+    cancels it).
     The in-memory model is consumed by saving: external tensors are repointed at the new data file, and
     large inline tensors lose their data once it is written."""
     out = check_output_path(out_path)
@@ -176,7 +179,7 @@ def prepare_save(model: onnx.ModelProto, out_path: str | os.PathLike, *, source_
                 handle.flush()
                 os.fsync(handle.fileno())
             else:
-                _write_checked(plan_inline(model, arrays), handle, temp_path)
+                _write_checked(plan_inline(model, arrays), handle, temp_path, checker)
         if data_path is not None:
             _check_written(temp_path, model)
         return PendingSave(out, temp_path, data_path)
@@ -316,14 +319,29 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _write_checked(plan, handle, temp_path: Path) -> None:
+def start_checker() -> isolation.Awaiting:
+    """The ONNX checker's child, started before the model to check exists: its first check in a process
+    builds onnx's operator-schema registry (~10 ms, as long as the whole check of a 750-node model), which
+    then overlaps the rewrite. For small models only: the model's bytes go to it through a pipe."""
+    return isolation.start_awaiting(_check_skeleton_task, prepare=_build_schema_registry, timeout=300,
+                                    label="the ONNX checker", die_with_parent=True)
+
+
+def _build_schema_registry() -> None:
+    onnx.defs.get_schema("Conv", 1)
+
+
+def _write_checked(plan, handle, temp_path: Path, early: isolation.Awaiting | None = None) -> None:
     """Write the plan while the ONNX checker looks at the model in a child process (the C++ checker has
     crashed on crafted models, and a crash must not kill bnlint while temporary files exist); both must
     succeed, else the caller removes the file. The child gets the model without its large tensors' bytes
     (bnlint.inline_writer checks those sizes itself), so checking a multi-GB model costs what checking its
     graph costs, and it runs beside the write instead of before it."""
-    checker = isolation.start_isolated(_check_skeleton_task, plan.plain, sorted(plan.large), str(temp_path),
-                                       timeout=300, label="the ONNX checker")
+    if early is not None:
+        checker = early.feed(plan.plain, sorted(plan.large), str(temp_path))
+    else:
+        checker = isolation.start_isolated(_check_skeleton_task, plan.plain, sorted(plan.large), str(temp_path),
+                                           timeout=300, label="the ONNX checker")
     try:
         write_plan(plan, handle)
     except BaseException:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bnlint.isolation import IsolationError, run_isolated, share_memory_cap, start_isolated
+from bnlint.isolation import IsolationError, run_isolated, share_memory_cap, start_awaiting, start_isolated
 
 
 def add(a, b):
@@ -87,3 +87,68 @@ def test_no_cap_no_share():
     if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
         pytest.skip("this process runs under an address-space cap")
     assert run_isolated(share_memory_cap, memory_bytes=None) is None
+
+
+def _write_marker(path: str) -> None:
+    Path(path).write_text("prepared")
+
+
+def _read_marker_then_add(path: str, a, b):
+    return Path(path).read_text(), a + b
+
+
+def test_an_awaiting_child_prepares_before_its_arguments_exist(tmp_path):
+    """start_awaiting: the child runs its preparation at once, then waits for feed()."""
+    from functools import partial
+
+    marker = tmp_path / "marker"
+    waiting = start_awaiting(_read_marker_then_add, prepare=partial(_write_marker, str(marker)), label="adder")
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:  # prepared without any argument
+        time.sleep(0.01)
+    assert marker.read_text() == "prepared" and waiting.task.child.is_alive()
+    assert waiting.feed(str(marker), 2, 3).result() == ("prepared", 5)
+
+
+def test_an_awaiting_child_reports_its_task_error_and_can_be_cancelled_unfed(tmp_path):
+    failing = start_awaiting(_read_marker_then_add, label="reader")
+    with pytest.raises(IsolationError, match="reader: failed: FileNotFoundError"):
+        failing.feed(str(tmp_path / "missing"), 1, 2).result()
+    unfed = start_awaiting(_read_marker_then_add, label="never fed")
+    unfed.cancel()
+    assert not unfed.task.child.is_alive()
+
+
+def test_fix_checks_its_output_in_a_checker_started_before_the_rewrite(tmp_path, monkeypatch):
+    """A small model's ONNX checker child starts before the rewrite and checks the written model."""
+    import onnx
+    from click.testing import CliRunner
+
+    from bnlint import safe_io
+    from bnlint.cli import cli
+    from conftest import FIXTURES
+
+    fed = []
+    real = safe_io.start_checker
+
+    def watched():
+        waiting = real()
+        feed = waiting.feed
+        waiting.feed = lambda *args: fed.append(args[2]) or feed(*args)
+        return waiting
+
+    monkeypatch.setattr(safe_io, "start_checker", watched)
+    model = tmp_path / "m.onnx"
+    onnx.save(onnx.load(FIXTURES / "rules" / "BN004.fires.onnx"), model)
+    result = CliRunner().invoke(cli, ["fix", str(model), "-o", str(tmp_path / "out.onnx"), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert len(fed) == 1 and fed[0].endswith(".tmp")  # it checked the temporary file's model
+    assert (tmp_path / "out.onnx").exists()
+
+    def rejecting(plain, large, path):
+        raise safe_io.LoadError(path, "the ONNX checker rejects the model: planted")
+
+    monkeypatch.setattr(safe_io, "_check_skeleton_task", rejecting)
+    result = CliRunner().invoke(cli, ["fix", str(model), "-o", str(tmp_path / "rejected.onnx"), "--no-verify"])
+    assert result.exit_code == 2 and "planted" in result.output
+    assert not (tmp_path / "rejected.onnx").exists() and not list(tmp_path.glob(".rejected*"))
