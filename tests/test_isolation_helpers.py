@@ -119,6 +119,12 @@ def test_an_awaiting_child_reports_its_task_error_and_can_be_cancelled_unfed(tmp
     assert not unfed.task.child.is_alive()
 
 
+def _planted_rejection(plain, large, path):
+    from bnlint.errors import LoadError
+
+    raise LoadError(path, "the ONNX checker rejects the model: planted")
+
+
 def test_fix_checks_its_output_in_a_checker_started_before_the_rewrite(tmp_path, monkeypatch):
     """A small model's ONNX checker child starts before the rewrite and checks the written model."""
     import onnx
@@ -145,10 +151,7 @@ def test_fix_checks_its_output_in_a_checker_started_before_the_rewrite(tmp_path,
     assert len(fed) == 1 and fed[0].endswith(".tmp")  # it checked the temporary file's model
     assert (tmp_path / "out.onnx").exists()
 
-    def rejecting(plain, large, path):
-        raise safe_io.LoadError(path, "the ONNX checker rejects the model: planted")
-
-    monkeypatch.setattr(safe_io, "_check_skeleton_task", rejecting)
+    monkeypatch.setattr(safe_io, "_check_skeleton_task", _planted_rejection)
     result = CliRunner().invoke(cli, ["fix", str(model), "-o", str(tmp_path / "rejected.onnx"), "--no-verify"])
     assert result.exit_code == 2 and "planted" in result.output
     assert not (tmp_path / "rejected.onnx").exists() and not list(tmp_path.glob(".rejected*"))
