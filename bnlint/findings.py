@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
@@ -59,8 +58,10 @@ class CitationRef(NamedTuple):
     claim: str
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
+    """One rule hit, as every report format and the baseline see it (a named tuple: tens of thousands are
+    created, pickled from worker processes and sorted per run)."""
+
     code: str
     slug: str
     severity: Severity
@@ -69,7 +70,7 @@ class Finding:
     related: tuple[str, ...] = ()
     fixable: bool = False
     tags: tuple[str, ...] = ()
-    citations: tuple[CitationRef, ...] = field(default=(), compare=False)
+    citations: tuple[CitationRef, ...] = ()  # the rule's, so equal codes carry equal citations
 
     def sort_key(self):
         loc = self.location

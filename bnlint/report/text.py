@@ -28,7 +28,7 @@ def _style(text: str, color: bool, **kwargs) -> str:
 def location_text(finding: Finding) -> str:
     """`src/net.py:12` when the Python source is known, else `model.onnx:main/bn1`."""
     loc = finding.location
-    if loc.source:
+    if loc.source_file:
         return printable(loc.source)
     return printable(f"{loc.file}:{loc.graph}/{loc.node}")
 
@@ -40,7 +40,10 @@ def headline(finding: Finding, color: bool) -> str:
         code = click.style(code, fg=_SEVERITY_COLOR[sev], bold=True)
         where = click.style(where, bold=True)
     tag = " [contested]" if "contested" in finding.tags else ""
-    return f"{where}: {code} [{sev.value}]{tag} {printable(finding.message)}"
+    return f"{where}: {code} [{_SEVERITY_TEXT[sev]}]{tag} {printable(finding.message)}"
+
+
+_SEVERITY_TEXT = {severity: severity.value for severity in Severity}  # Enum.value is a descriptor call
 
 
 def render_concise(findings: list[Finding], *, color: bool = False) -> str:
@@ -111,7 +114,8 @@ def render_full(findings: list[Finding], *, color: bool = False, source_root: st
         elif loc.module_class:
             node_line += f", in {loc.module_class}.forward"
         lines.append(_style(printable(node_line), color, dim=True))
-        lines += source_snippet(finding, source_root, sources)
+        if loc.source_file:
+            lines += source_snippet(finding, source_root, sources)
         if finding.code in explained:  # rustc-style: the rule's evidence once, at its first finding
             lines.append(f"   = docs: bnlint rule {finding.code} (evidence above)")
         else:
