@@ -6,7 +6,7 @@ Torch-free on purpose: the CLI and LintOptions build these before anything decid
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bnlint.errors import BnlintError
 
@@ -21,8 +21,7 @@ DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class TorchOptions:
+class TorchOptions(NamedTuple):
     """Options for PyTorch targets (ignored for ONNX files except `source_root`)."""
 
     input_shapes: tuple[tuple[int, ...], ...] = ()
