@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,8 +55,9 @@ class FoldTarget:
         return "MatMul+Add" if self.add is not None else self.layer.op_type
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(NamedTuple):
+    """Why a BN cannot be folded (and the layer in the way, if any)."""
+
     bn: BatchNorm
     reason: str
     layer: Node | None = None

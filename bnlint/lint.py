@@ -58,14 +58,16 @@ class LintOptions:
         return ConfigIgnores(self.config, known_codes())
 
 
-@dataclass
 class LintResult:
-    findings: list[Finding] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    models: int = 0
-    checked: list[str] = field(default_factory=list)  # display paths of the models read, in order
-    pictures: dict = field(default_factory=dict)  # picture_key(finding) -> Picture, with LintOptions.pictures
-    unused_ignores: list[IgnoreEntry] = field(default_factory=list)
+    """What run_lint found, filled in as the targets finish."""
+
+    def __init__(self):
+        self.findings: list[Finding] = []
+        self.errors: list[tuple[str, str]] = []
+        self.models = 0
+        self.checked: list[str] = []  # display paths of the models read, in order
+        self.pictures: dict = {}  # picture_key(finding) -> Picture, with LintOptions.pictures
+        self.unused_ignores: list[IgnoreEntry] = []
 
 
 class LintObserver(Protocol):

@@ -9,8 +9,6 @@ opset 12+ reads `ratio` and `training_mode` from inputs (absent `training_mode` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -20,21 +18,21 @@ from bnlint.graph import Graph, Node
 BN_OPS = ("BatchNormalization",)
 
 
-@dataclass(frozen=True)
 class BatchNorm:
-    """A BN node's meaning: its parameter names, epsilon, and whether it runs in training mode."""
+    """A BN node's meaning: its parameter names, epsilon, and whether it runs in training mode. (A slotted
+    class: one is made per BN of every model, and it caches its parameters.)"""
 
-    node: Node
-    x: str
-    scale: str
-    bias: str
-    mean: str
-    var: str
-    y: str
-    epsilon: float
-    training: bool
-    training_reason: str
-    spatial: bool
+    __slots__ = ("node", "x", "scale", "bias", "mean", "var", "y", "epsilon", "training", "training_reason",
+                 "spatial", "_values")
+
+    def __init__(self, node: Node, x: str, scale: str, bias: str, mean: str, var: str, y: str, epsilon: float,
+                 training: bool, training_reason: str, spatial: bool):
+        self.node, self.x, self.scale, self.bias, self.mean, self.var, self.y = node, x, scale, bias, mean, var, y
+        self.epsilon, self.training, self.training_reason, self.spatial = epsilon, training, training_reason, spatial
+        self._values = _UNREAD
+
+    def __repr__(self) -> str:
+        return f"BatchNorm({self.node!r}, training={self.training})"
 
     @property
     def inference(self) -> bool:
@@ -44,8 +42,13 @@ class BatchNorm:
         graph = self.node.graph
         return all(graph.is_constant(name) for name in (self.scale, self.bias, self.mean, self.var))
 
-    @cached_property
-    def _params(self) -> dict[str, np.ndarray] | None:
+    def params(self) -> dict[str, np.ndarray] | None:
+        """scale, bias, mean, var as float64 arrays (read once per BN), or None when any is not constant."""
+        if self._values is _UNREAD:
+            self._values = self._read_params()
+        return self._values
+
+    def _read_params(self) -> dict[str, np.ndarray] | None:
         graph = self.node.graph
         values = {}
         for key in ("scale", "bias", "mean", "var"):
@@ -55,9 +58,8 @@ class BatchNorm:
             values[key] = np.asarray(array, dtype=np.float64)
         return values
 
-    def params(self) -> dict[str, np.ndarray] | None:
-        """scale, bias, mean, var as float64 arrays (read once per BN), or None when any is not constant."""
-        return self._params
+
+_UNREAD = object()  # BatchNorm.params() not asked yet (None means: not constant)
 
 
 def batchnorm(node: Node) -> BatchNorm | None:
