@@ -151,6 +151,13 @@ def test_fix_checks_its_output_in_a_checker_started_before_the_rewrite(tmp_path,
     assert len(fed) == 1 and fed[0].endswith(".tmp")  # it checked the temporary file's model
     assert (tmp_path / "out.onnx").exists()
 
+    from bnlint import cli_fix
+
+    monkeypatch.setattr(cli_fix, "EARLY_CHECKER_MAX_BYTES", 0)  # larger models: a checker forked after the rewrite
+    result = CliRunner().invoke(cli, ["fix", str(model), "-o", str(tmp_path / "late.onnx"), "--no-verify"])
+    assert result.exit_code == 0 and len(fed) == 1 and (tmp_path / "late.onnx").exists()
+    monkeypatch.setattr(cli_fix, "EARLY_CHECKER_MAX_BYTES", 2 << 20)
+
     monkeypatch.setattr(safe_io, "_check_skeleton_task", _planted_rejection)
     result = CliRunner().invoke(cli, ["fix", str(model), "-o", str(tmp_path / "rejected.onnx"), "--no-verify"])
     assert result.exit_code == 2 and "planted" in result.output
