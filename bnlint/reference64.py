@@ -541,7 +541,6 @@ def segments(model: onnx.ModelProto, max_nodes: int | None = None) -> list[onnx.
     produced = {name for node in graph.node for name in node.output if name}
     if any(output.name not in produced for output in graph.output):
         return None
-    types = {name: info for name, info in _inferred_shapes(model).items() if info[0]}
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     pieces = [graph.node[start:start + max_nodes] for start in range(0, len(graph.node), max_nodes)]
     read_later: list[set[str]] = [set() for _ in pieces]  # names read by pieces after k
@@ -549,13 +548,20 @@ def segments(model: onnx.ModelProto, max_nodes: int | None = None) -> list[onnx.
     for k in range(len(pieces) - 1, -1, -1):
         read_later[k] = set(seen)
         seen |= {name for node in pieces[k] for name in node.input if name}
-    built = []
+    cuts = []  # per piece: its nodes, the names it reads, its inputs and its outputs
     for k, nodes in enumerate(pieces):
         made = {name for node in nodes for name in node.output if name}
         reads = [name for node in nodes for name in node.input if name and name not in made]
         inputs = list(dict.fromkeys(name for name in reads if name not in initializers))
         outputs = [name for name in dict.fromkeys(o for node in nodes for o in node.output if o)
                    if name in read_later[k]]
+        cuts.append((nodes, reads, inputs, outputs))
+    # Types of the values crossing a cut only: reading all of a deep copy's inferred values costs as much
+    # as the inference itself.
+    crossing = {name for _, _, inputs, outputs in cuts for name in inputs + outputs}
+    types = {name: info for name, info in _inferred_shapes(model, crossing).items() if info[0]}
+    built = []
+    for k, (nodes, reads, inputs, outputs) in enumerate(cuts):
         if any(name not in types or types[name][1] is None for name in inputs + outputs):
             return None  # onnxruntime sets up a piece whose inputs have no rank ~40x slower than the whole
         piece = helper.make_graph(
