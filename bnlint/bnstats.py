@@ -32,11 +32,16 @@ class BNFacts(NamedTuple):
 
 def _raw_float32(graph: Graph, name: str) -> bytes | None:
     tensor = graph.initializer(name)
-    if (tensor is None or tensor.data_type != onnx.TensorProto.FLOAT
-            or tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.dims) != 1):
+    if tensor is None or tensor.data_type != _FLOAT or tensor.data_location == _EXTERNAL:
+        return None
+    dims = tensor.dims
+    if len(dims) != 1:
         return None
     raw = tensor.raw_data
-    return raw if raw and len(raw) == 4 * tensor.dims[0] else None
+    return raw if raw and len(raw) == 4 * dims[0] else None
+
+
+_FLOAT, _EXTERNAL = onnx.TensorProto.FLOAT, onnx.TensorProto.EXTERNAL
 
 
 def graph_bn_facts(graph: Graph) -> dict[int, BNFacts]:

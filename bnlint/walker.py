@@ -40,9 +40,13 @@ def walk_up(graph: Graph, value: str, transparent: NodePredicate) -> Path | None
     """From a value, go to its producer; while that producer is transparent, continue from its first
     input. Returns the first non-transparent producer and the chain passed, or None at a graph input
     or constant."""
+    node = graph.producer(value)
+    if node is None:
+        return None
+    if not transparent(node):  # the common case (BN right after its layer), without the bookkeeping below
+        return Path(node, ())
     via: list[Node] = []
     seen: set[int] = set()
-    node = graph.producer(value)
     while node is not None and transparent(node):
         if id(node) in seen:
             return None
