@@ -64,7 +64,11 @@ def float64_copy(model: onnx.ModelProto, model_path: str, *, checked: bool = Fal
     for graph in _graphs(copy.graph):
         _widen_graph(graph, model_path, base_dir, keep_float32)
     lowered_inputs = {n.input[0] for n in copy.graph.node if n.op_type in LOWERED and n.input}
-    _lower(copy, _inferred_shapes(copy, lowered_inputs))
+    inferred = _infer(copy)
+    _lower(copy, _inferred_shapes(copy, lowered_inputs, inferred))
+    if inferred is not copy:  # the original values keep their inferred types: segments() cuts between them
+        del copy.graph.value_info[:]
+        copy.graph.value_info.extend(inferred.graph.value_info)
     return copy
 
 
@@ -158,13 +162,21 @@ def _widen_graph(graph: onnx.GraphProto, model_path: str, base_dir: Path, keep_f
                 node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(values)))
 
 
-def _inferred_shapes(model: onnx.ModelProto, wanted: set[str] | None = None) -> dict[str, tuple[int, tuple | None]]:
-    """name -> (elem_type, shape with None for unknown dims) from ONNX shape inference; only the `wanted`
-    names when given (reading every value of a deep model costs more than the inference)."""
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with ONNX shape inference's value_info, or `model` itself when inference fails (it is best
+    effort: lowering then falls back per op)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is best effort: lowering then falls back per op
-        inferred = model
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return model
+
+
+def _inferred_shapes(model: onnx.ModelProto, wanted: set[str] | None = None,
+                     inferred: onnx.ModelProto | None = None) -> dict[str, tuple[int, tuple | None]]:
+    """name -> (elem_type, shape with None for unknown dims) from ONNX shape inference (`inferred`: its
+    result, already computed; `model` itself: the types it declares); only the `wanted` names when given
+    (reading every value of a deep model costs more than the inference)."""
+    inferred = _infer(model) if inferred is None else inferred
     found = {}
     for graph in _graphs(inferred.graph):
         for value in (*graph.input, *graph.output, *graph.value_info):
@@ -182,6 +194,9 @@ def _inferred_shapes(model: onnx.ModelProto, wanted: set[str] | None = None) -> 
 
 
 # -- lowering --------------------------------------------------------------------------------------
+ADDED = "ref64/"  # prefix of every value the lowering adds
+
+
 class _Names:
     def __init__(self, graph: onnx.GraphProto):
         self.used = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
@@ -193,10 +208,10 @@ class _Names:
     def new(self, hint: str) -> str:
         """A fresh name; the suffix counter per hint keeps this O(1) (scanning from 0 was quadratic)."""
         k = self.next_suffix.get(hint, 0)
-        name = f"ref64/{hint}" if k == 0 else f"ref64/{hint}_{k}"
+        name = f"{ADDED}{hint}" if k == 0 else f"{ADDED}{hint}_{k}"
         while name in self.used:
             k += 1
-            name = f"ref64/{hint}_{k}"
+            name = f"{ADDED}{hint}_{k}"
         self.next_suffix[hint] = k + 1
         self.used.add(name)
         return name
@@ -542,7 +557,7 @@ def segments(model: onnx.ModelProto, max_nodes: int | None = None) -> list[onnx.
     if any(output.name not in produced for output in graph.output):
         return None
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    pieces = [graph.node[start:start + max_nodes] for start in range(0, len(graph.node), max_nodes)]
+    pieces = _pieces(graph.node, max_nodes)
     read_later: list[set[str]] = [set() for _ in pieces]  # names read by pieces after k
     seen: set[str] = {output.name for output in graph.output}
     for k in range(len(pieces) - 1, -1, -1):
@@ -557,9 +572,11 @@ def segments(model: onnx.ModelProto, max_nodes: int | None = None) -> list[onnx.
                    if name in read_later[k]]
         cuts.append((nodes, reads, inputs, outputs))
     # Types of the values crossing a cut only: reading all of a deep copy's inferred values costs as much
-    # as the inference itself.
+    # as the inference itself. float64_copy kept them in value_info; inferred again for other models.
     crossing = {name for _, _, inputs, outputs in cuts for name in inputs + outputs}
-    types = {name: info for name, info in _inferred_shapes(model, crossing).items() if info[0]}
+    types = _typed(_inferred_shapes(model, crossing, inferred=model))
+    if not all(name in types and types[name][1] is not None for name in crossing):
+        types = _typed(_inferred_shapes(model, crossing))
     built = []
     for k, (nodes, reads, inputs, outputs) in enumerate(cuts):
         if any(name not in types or types[name][1] is None for name in inputs + outputs):
@@ -571,6 +588,23 @@ def segments(model: onnx.ModelProto, max_nodes: int | None = None) -> list[onnx.
             [initializers[name] for name in dict.fromkeys(reads) if name in initializers])
         built.append(helper.make_model(piece, ir_version=model.ir_version, opset_imports=list(model.opset_import)))
     return built
+
+
+def _typed(found: dict) -> dict:
+    return {name: info for name, info in found.items() if info[0]}
+
+
+def _pieces(nodes, max_nodes: int) -> list:
+    """Consecutive runs of about `max_nodes` nodes, cut only after a node none of whose outputs the lowering
+    added: the values crossing a cut are then the original model's, whose types the copy keeps."""
+    starts, cut = [0], max_nodes
+    while cut < len(nodes):
+        while cut < len(nodes) and any(name.startswith(ADDED) for name in nodes[cut - 1].output):
+            cut += 1
+        if cut < len(nodes):
+            starts.append(cut)
+        cut += max_nodes
+    return [nodes[start:end] for start, end in zip(starts, [*starts[1:], len(nodes)])]
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:

@@ -204,8 +204,13 @@ def test_a_deep_copy_in_segments_computes_exactly_what_one_session_computes():
     model = _conv_chain(6)
     copy = float64_copy(model, "chain.onnx")
     pieces = segments(copy, max_nodes=5)
-    assert pieces is not None and len(pieces) == -(-len(copy.graph.node) // 5) > 2
+    assert pieces is not None and len(pieces) > 2
     assert sum(len(piece.graph.node) for piece in pieces) == len(copy.graph.node)
+    # cut only between the original model's values (a lowered Conv's added values stay in one piece), whose
+    # types the copy keeps from its one shape inference
+    crossing = {value.name for piece in pieces for value in (*piece.graph.input, *piece.graph.output)}
+    assert crossing and not any(name.startswith("ref64/") for name in crossing)
+    assert all(len(piece.graph.node) >= 5 for piece in pieces[:-1])
     whole, split = verify.session(copy), verify._SegmentedSession([verify.session(p) for p in pieces])
     names = ["r5", "r1"]  # r1 comes out of an early segment
     for feed in make_input_sets(model, VerifyOptions(), "chain.onnx"):
@@ -226,3 +231,18 @@ def test_small_copies_and_copies_with_subgraphs_stay_whole(monkeypatch):
     assert segments(copy, max_nodes=2) is None
     monkeypatch.setattr("bnlint.reference64.SEGMENT_NODES", 2)
     assert isinstance(verify._copy_session(float64_copy(_conv_chain(2), "chain.onnx")), verify._SegmentedSession)
+
+
+def test_segments_of_a_float64_copy_need_no_second_shape_inference(monkeypatch):
+    """float64_copy keeps the inferred types of the original values, which are all segments() needs;
+    a copy that lost them is inferred again."""
+    from bnlint import reference64
+    from bnlint.reference64 import float64_copy, segments
+
+    copy = float64_copy(_conv_chain(6), "chain.onnx")
+    calls = []
+    real = reference64._infer
+    monkeypatch.setattr(reference64, "_infer", lambda model: calls.append(1) or real(model))
+    assert segments(copy, max_nodes=5) is not None and calls == []
+    del copy.graph.value_info[:]
+    assert segments(copy, max_nodes=5) is not None and calls == [1]
