@@ -236,6 +236,9 @@ def scaling_table(results: dict) -> list[str]:
     return ["\n".join(lines)]
 
 
+TWO_HALVES = "two --jobs 1 processes at once"  # folder mode's ceiling on this machine (run.two_halves_at_once)
+
+
 def folder_results(results: dict) -> list[dict]:
     """Folder-mode measurements, one per model size (results of older benches had a single `folder`)."""
     if "folders" in results:
@@ -259,10 +262,17 @@ def folder_table(results: dict) -> list[str]:
                  megabytes(one and one.get("peak_rss_mb"))],
                 ["bnlint check --jobs 2", timing(two), times(ratio(two, floor)),
                  megabytes(two and two.get("peak_rss_mb"))]]
+        halves = folder.get(TWO_HALVES)
+        if halves:  # benches before 2026-12-04 did not measure it
+            rows.append(["2 x --jobs 1 at once, half each", timing(halves), times(ratio(halves, floor)),
+                         megabytes(halves.get("peak_rss_mb"))])
         lines = [f"folder mode: {folder['models']:,} small models ({folder['nodes_each']} nodes each), whole process"
                  + (f"; {folder['note']}" if folder.get("note") else ""),
                  table(["command", "time median (min-max)", "x load", "peak RSS (largest process)"], rows),
                  f"--jobs 2 speedup over --jobs 1: {times(folder_speedup(folder))} (target: close to 2x on 2 cores)"]
+        if ok(halves) and ok(one):
+            lines.append(f"this machine's ceiling, two --jobs 1 processes on half the folder each at once: "
+                         f"{times(one['median_s'] / halves['median_s'])} over --jobs 1")
         sections.append("\n".join(lines))
     return sections
 

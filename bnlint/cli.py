@@ -285,10 +285,39 @@ def rule(code, show_all, output_format):
 
 
 def main() -> None:
+    """The console script (`bnlint`, `python -m bnlint`)."""
     try:
-        cli(prog_name="bnlint")
-    except ConfigError as exc:  # pragma: no cover - raised before a command handles it
-        fail(str(exc))
+        try:
+            cli(prog_name="bnlint")
+        except ConfigError as exc:  # pragma: no cover - raised before a command handles it
+            fail(str(exc))
+    except SystemExit as exc:  # click ends every run this way
+        exit_without_teardown(exc.code)
+    exit_without_teardown(0)
+
+
+def exit_without_teardown(code) -> None:
+    """Exit as SystemExit(code) would, minus the interpreter's teardown: exit handlers run and the output
+    is flushed, then the process ends without freeing every object and module one by one. That teardown
+    costs ~30 ms with onnx and numpy loaded (a sixth of checking a small model, the pre-commit case) and
+    bnlint needs none of it: its files are closed and its child processes joined before a command
+    returns. (mypy ends the same way.)"""
+    import atexit
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`bnlint ... | head`) or stream: nothing more to say
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":

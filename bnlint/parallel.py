@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 
@@ -84,39 +85,132 @@ def ordered_map(
     return _pooled(function, items, args, workers, on_done, on_error)
 
 
-def _pooled(function, items, args, workers: int, on_done, on_error) -> list:
-    """The process-pool half of ordered_map (concurrent.futures is imported only when a pool is used)."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+WORKER_DIED = "not checked: a worker process died while linting this file (out of memory? try --jobs 1)"
 
+
+def _pooled(function, items, args, workers: int, on_done, on_error) -> list:
+    """The process-pool half of ordered_map: `workers` processes, each fed batch offsets through its own
+    pipe, two batches ahead so it never waits for this process. Lighter than concurrent.futures (no feeder
+    and manager threads, no futures; items and arguments reach each worker once, at its start): on 1,000
+    small models the collecting parent used 0.075 s of CPU with ProcessPoolExecutor, 0.045 s with this.
+    A worker that dies (a crash, the kernel's OOM killer) fails only the batch it was running: the batch
+    queued behind it goes back to the queue and a new worker takes its place while work remains."""
+    import multiprocessing  # imported here: one process (pre-commit's few files) never needs it
+    from multiprocessing.connection import wait as wait_for_any
+
+    context = _context() or multiprocessing.get_context()
     results: list = [None] * len(items)
     size = batch_size(len(items), workers)
-    starts = range(0, len(items), size)
+    waiting = list(range(0, len(items), size))[::-1]  # batch offsets, next one last
+    job = (function, on_error, items, size, args)
     gc.freeze()  # forked workers then share this process's objects: their collector does not write to them
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+    processes, finished = [], False
+    pool: dict = {}  # result connection -> (task connection, offsets sent and not yet returned, in order)
+
+    def start_worker() -> None:
+        process, tasks, connection = _start_worker(context, job, pool)
+        processes.append(process)
+        pool[connection] = (tasks, [])
+        _send_next(tasks, pool[connection][1], waiting, ahead=2)
+
     try:
-        pending = {pool.submit(_guarded_batch, function, on_error, items[start:start + size], args): start
-                   for start in starts}  # starts the workers, with the collector on
+        for _ in range(workers):
+            start_worker()
         # Meanwhile this process only unpickles results: all stay alive and none forms a cycle, so automatic
         # collections would only rescan them (3x the unpickling time on 1,000 models), taking CPU from the
         # workers.
         with cyclic_gc_paused():
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    start = pending.pop(future)
-                    batch = items[start:start + size]
+            while pool:
+                for connection in wait_for_any(list(pool)):
+                    tasks, sent = pool[connection]
                     try:
-                        batch_results = future.result()
-                    except BrokenProcessPool as exc:
-                        batch_results = [on_error(item, BnlintError(
-                            f"not checked: a worker process died while this file was queued or running "
-                            f"(out of memory? try --jobs 1): {exc}")) for item in batch]
-                    for offset, result in enumerate(batch_results):
-                        results[start + offset] = result
-                        if on_done:
-                            on_done(result)
+                        start, batch_results = pickle.loads(connection.recv_bytes())
+                    except (EOFError, OSError):  # the worker died while running sent[0]
+                        _retire(pool, connection)
+                        if sent:
+                            _store(results, sent[0], [on_error(item, BnlintError(WORKER_DIED))
+                                                      for item in items[sent[0]:sent[0] + size]], on_done)
+                            waiting.extend(reversed(sent[1:]))  # not started: next in line
+                        if waiting:
+                            start_worker()
+                        continue
+                    sent.remove(start)
+                    _store(results, start, batch_results, on_done)
+                    _send_next(tasks, sent, waiting, ahead=1)
+                    if not sent:  # nothing left for it: the closed task pipe tells it to exit
+                        _retire(pool, connection)
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for connection in list(pool):
+            _retire(pool, connection)
+        for process in processes:
+            if not finished:  # interrupted (Ctrl-C, an error here): stop the workers at once
+                process.kill()
+            process.join()
         gc.unfreeze()
     return results
+
+
+def _start_worker(context, job: tuple, pool: dict):
+    """(process, its task connection, its result connection). Each pipe end is held by one process only
+    (the child's closed here after the start; a forked child closes the ends of this process it inherited:
+    its own pipes' and the earlier workers'), so a worker that exits or dies shows as end-of-file at once,
+    and so does this process's end of its task pipe to the worker."""
+    task_reader, task_writer = context.Pipe(duplex=False)
+    result_reader, result_writer = context.Pipe(duplex=False)
+    inherited = []
+    if context.get_start_method() == "fork":  # a fresh interpreter receives only what it is given
+        inherited = [task_writer, result_reader, *pool, *(tasks for tasks, _sent in pool.values())]
+    process = context.Process(target=_work, args=(task_reader, result_writer, inherited, *job), name="bnlint-worker")
+    process.start()
+    task_reader.close()
+    result_writer.close()
+    return process, task_writer, result_reader
+
+
+def _send_next(tasks, sent: list, waiting: list, *, ahead: int) -> None:
+    """Hand the worker up to `ahead` more batch offsets (a worker that died meanwhile: they stay in `sent`,
+    and go back to the queue once its result pipe ends)."""
+    for _ in range(ahead):
+        if waiting:
+            sent.append(waiting.pop())
+            try:
+                tasks.send_bytes(b"%d" % sent[-1])
+            except OSError:
+                return
+
+
+def _retire(pool: dict, connection) -> None:
+    tasks, _sent = pool.pop(connection)
+    tasks.close()
+    connection.close()
+
+
+def _store(results: list, start: int, batch_results: list, on_done) -> None:
+    for offset, result in enumerate(batch_results):
+        results[start + offset] = result
+        if on_done:
+            on_done(result)
+
+
+def _work(tasks, results, inherited, function, on_error, items, size: int, args) -> None:
+    """A worker: lint the batches whose offsets arrive until the task pipe closes; results pickled here
+    (a result that cannot be pickled becomes each item's error instead of killing the worker)."""
+    for end in inherited:
+        end.close()
+    try:
+        while True:
+            try:
+                start = int(tasks.recv_bytes())
+            except EOFError:
+                return
+            batch = items[start:start + size]
+            outcome = _guarded_batch(function, on_error, batch, args)
+            try:
+                payload = pickle.dumps((start, outcome), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                payload = pickle.dumps((start, [on_error(item, exc) for item in batch]),
+                                       protocol=pickle.HIGHEST_PROTOCOL)
+            results.send_bytes(payload)
+    except (KeyboardInterrupt, BrokenPipeError):  # the parent is stopping: leave quietly
+        return

@@ -101,6 +101,7 @@ def test_quick_bench_writes_complete_results(tmp_path):
     assert_timed(folder["onnx.load every file"], runs)
     assert_timed(folder["bnlint check --jobs 1"], runs)
     assert_timed(folder["bnlint check --jobs 2"], runs)
+    assert_timed(folder["two --jobs 1 processes at once"], runs)  # the machine's ceiling for --jobs 2
 
     assert len(results["targets"]) >= 9
     for target in results["targets"]:

@@ -181,13 +181,42 @@ def test_explicit_config_option(run_cli, tmp_path):
 
 
 def test_python_dash_m_and_console_script_do_not_import_heavy_modules(tmp_path):
-    code = ("import sys; from bnlint.cli import main; sys.argv=['bnlint','check','--format','concise',"
-            f"{str(BN001_FIRES)!r}]\ntry:\n main()\nexcept SystemExit as e:\n"
-            " assert e.code == 1, e.code\n assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('heavy:', 'onnxruntime' in sys.modules or 'torch' in sys.modules))\n"
+            f"from bnlint.cli import main; sys.argv=['bnlint','check','--format','concise',{str(BN001_FIRES)!r}]\n"
+            "main()")
+    script = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert script.returncode == 1 and script.stdout.rstrip().endswith("heavy: False")
     module = subprocess.run([sys.executable, "-m", "bnlint", "check", str(BN001_FIRES), "--format", "concise"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert module.returncode == 1 and "BN001" in module.stdout
+
+
+@pytest.mark.parametrize("code, status, stderr", [(None, 0, ""), (0, 0, ""), (3, 3, ""), ("bad input", 1, "bad input")])
+def test_the_console_script_exits_without_teardown_but_as_sys_exit_would(tmp_path, code, status, stderr):
+    """main() ends with os._exit (no interpreter teardown): exit handlers still run, buffered output is
+    still written, the status is what SystemExit(code) gives."""
+    script = ("import atexit, sys\nfrom bnlint.cli import exit_without_teardown\n"
+              "atexit.register(lambda: sys.stdout.write(' and the exit handler'))\n"
+              f"sys.stdout.write('buffered output'); exit_without_teardown({code!r})")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert (run.returncode, run.stdout, run.stderr.strip()) == (status, "buffered output and the exit handler", stderr)
+
+
+def test_console_script_output_arrives_whole_with_its_exit_code(tmp_path):
+    """Large output through a pipe is flushed before the process ends; findings exit 1, a bad file 2."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for i in range(40):
+        (models / f"m{i}.onnx").write_bytes(BN001_FIRES.read_bytes())
+    run = subprocess.run([sys.executable, "-m", "bnlint", "check", "models", "--format", "json"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 1
+    report = json.loads(run.stdout)
+    assert len({f["location"]["file"] for f in report["findings"]}) == 40
+    missing = subprocess.run([sys.executable, "-m", "bnlint", "check", "missing.onnx"], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert missing.returncode == 2 and "missing.onnx" in missing.stderr
 
 
 def test_help_lists_commands(run_cli):

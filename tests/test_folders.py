@@ -116,6 +116,48 @@ def test_ordered_map_keeps_item_order_and_isolates_failures():
     assert ordered_map(_boom, [1, 3], (2,), jobs=1, on_error=_caught) == [2, "error 3: three is bad"]
 
 
+def _dies_on_three(item):
+    if item == 3:
+        os._exit(9)  # as the kernel's OOM killer would end it: no exception, no goodbye
+    time.sleep(0.01)
+    return item * 2
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["fork", "forkserver"])
+def test_a_worker_that_dies_fails_only_the_file_it_was_linting(threads):
+    """The batch queued behind the dead worker's goes back to the queue and a new worker takes its place."""
+    from bnlint.parallel import WORKER_DIED
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    if threads:  # a thread in this process: workers come from the fork server
+        helper.start()
+    try:
+        results = ordered_map(_dies_on_three, list(range(12)), jobs=2, on_error=_caught)
+    finally:
+        stop.set()
+        if threads:
+            helper.join()
+    assert results == [0, 2, 4, f"error 3: {WORKER_DIED}", *(i * 2 for i in range(4, 12))]
+
+
+def _slow(item):
+    time.sleep(0.2)
+    return item
+
+
+def test_an_interrupted_pool_leaves_no_worker_behind():
+    """An exception in the collecting process (Ctrl-C arrives the same way) stops and reaps the workers."""
+    import multiprocessing
+
+    def interrupt(result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ordered_map(_slow, list(range(40)), jobs=2, on_done=interrupt, on_error=_caught)
+    assert multiprocessing.active_children() == []
+
+
 def _collector_on(item):
     import gc
 
