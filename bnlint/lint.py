@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 from bnlint.config import Config, load_config
 from bnlint.engine import lint_model
 from bnlint.errors import BnlintError, LoadError
-from bnlint.findings import Finding, Severity, sort_findings
+from bnlint.findings import Finding, Location, Severity, sort_findings
 from bnlint.gcpause import cyclic_gc_paused
 from bnlint.ignores import ConfigIgnores, IgnoreEntry
 from bnlint.onnx_loader import model_size_limit
@@ -88,6 +88,20 @@ class TargetResult(NamedTuple):
     pictures: tuple = ()
     ignores_used: frozenset[IgnoreEntry] = frozenset()
     ignores_applied: frozenset[IgnoreEntry] = frozenset()
+
+    def __reduce__(self):
+        """Pickled (worker -> parent) with each finding and its location as plain tuples, which pickle
+        writes and reads without a Python call per object: 1.0 + 0.9 us per finding instead of 2.8 + 1.1
+        (1,000 ResNet-sized models give 116,000 findings). Rebuilt by _target_result_from_rows."""
+        rows = [(f[0], f[1], f[2], f[3], tuple(f[4]), f[5], f[6], f[7], f[8]) for f in self.findings]
+        return _target_result_from_rows, (tuple(self[:2]), rows, tuple(self[3:]))
+
+
+def _target_result_from_rows(head: tuple, rows: list, tail: tuple) -> TargetResult:
+    new = tuple.__new__  # the named tuples' own __new__ is a Python function
+    findings = tuple([new(Finding, (r[0], r[1], r[2], r[3], new(Location, r[4]), r[5], r[6], r[7], r[8]))
+                      for r in rows])
+    return new(TargetResult, (*head, findings, *tail))
 
 
 def lint_target(target: str, options: LintOptions) -> TargetResult:

@@ -116,6 +116,27 @@ def test_ordered_map_keeps_item_order_and_isolates_failures():
     assert ordered_map(_boom, [1, 3], (2,), jobs=1, on_error=_caught) == [2, "error 3: three is bad"]
 
 
+def test_a_target_result_survives_the_trip_from_a_worker_whole():
+    """TargetResult pickles its findings as plain tuples (fast); every field of every record comes back,
+    with its type (a field added to Finding or Location without updating the rows would be lost here)."""
+    import pickle
+
+    from bnlint.findings import CitationRef, Finding, Location, Severity
+    from bnlint.lint import TargetResult
+
+    location = Location("m.onnx", "main", "bn1", "BatchNormalization", 3, "net.bn1", "BatchNorm2d", "net.py", 12)
+    citation = CitationRef("Ioffe & Szegedy 2015", "§3", "https://arxiv.org/abs/1502.03167", "for", "claim")
+    finding = Finding("BN003", "bias-before-bn", Severity.WARNING, "message", location, ("conv1",), True,
+                      ("redundancy",), (citation,))
+    result = TargetResult("m.onnx", "m.onnx", findings=(finding, finding._replace(code="BN004")), error=None,
+                          pictures=(("k", "picture"),))
+    back = pickle.loads(pickle.dumps(result))
+    assert back == result and len(Finding._fields) == 9 and len(Location._fields) == 9
+    assert type(back) is TargetResult and type(back.findings[1]) is Finding
+    assert type(back.findings[0].location) is Location and back.findings[0].severity is Severity.WARNING
+    assert type(back.findings[0].citations[0]) is CitationRef
+
+
 def _dies_on_three(item):
     if item == 3:
         os._exit(9)  # as the kernel's OOM killer would end it: no exception, no goodbye
