@@ -28,17 +28,15 @@ class BNFacts(NamedTuple):
     foldable_numerics: bool  # epsilon >= 0, var + eps > 0, and s, t finite
     all_scale_positive: bool
     any_scale_zero: bool
+    channels: int           # the length of each parameter vector
 
 
-def _raw_float32(graph: Graph, name: str) -> bytes | None:
-    tensor = graph.initializer(name)
+def _raw_float32(tensor: onnx.TensorProto | None) -> bytes | None:
     if tensor is None or tensor.data_type != _FLOAT or tensor.data_location == _EXTERNAL:
         return None
-    dims = tensor.dims
-    if len(dims) != 1:
-        return None
     raw = tensor.raw_data
-    return raw if raw and len(raw) == 4 * dims[0] else None
+    dims = tensor.dims
+    return raw if raw and len(dims) == 1 and len(raw) == 4 * dims[0] else None
 
 
 _FLOAT, _EXTERNAL = onnx.TensorProto.FLOAT, onnx.TensorProto.EXTERNAL
@@ -50,12 +48,16 @@ def graph_bn_facts(graph: Graph) -> dict[int, BNFacts]:
     cached = graph.__dict__.get("_bn_facts")
     if cached is not None:
         return cached
+    views = batchnorms(graph)
+    lookup = graph._initializers.get if graph.parent is None else graph.initializer
+    # scale, bias, mean, var of BN 0, then of BN 1, ...: one C-level pass over all of them
+    every_raw = list(map(_raw_float32, map(lookup, [name for bn in views
+                                                     for name in (bn.scale, bn.bias, bn.mean, bn.var)])))
     rows: list[BatchNorm] = []
     chunks: list[bytes] = []
-    for bn in batchnorms(graph):
-        node = bn.node
-        raws = [_raw_float32(graph, getattr(bn, key)) for key in _KEYS]
-        if any(r is None for r in raws) or len({len(r) for r in raws}) != 1 or not raws[0]:
+    for k, bn in enumerate(views):
+        raws = every_raw[4 * k:4 * k + 4]
+        if None in raws or not len(raws[0]) == len(raws[1]) == len(raws[2]) == len(raws[3]):
             continue
         rows.append(bn)
         chunks.extend(raws)
@@ -90,7 +92,8 @@ def _evaluate(rows: list[BatchNorm], chunks: list[bytes]) -> dict[int, BNFacts]:
     foldable = per_bn(fold_ok) & np.isfinite(epsilon) & (epsilon >= 0)
     positive = per_bn((scale > 0) & (denominator > 0))
     zero = np.logical_or.reduceat(scale == 0, segment_starts)
-    columns = zip(all_finite.tolist(), var_ok.tolist(), foldable.tolist(), positive.tolist(), zero.tolist())
+    columns = zip(all_finite.tolist(), var_ok.tolist(), foldable.tolist(), positive.tolist(), zero.tolist(),
+                  channels.tolist())
     return {bn.node.index: BNFacts(*column) for bn, column in zip(rows, columns)}
 
 

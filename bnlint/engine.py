@@ -12,8 +12,8 @@ from bnlint.ruledocs import rule_doc
 
 def location_of(node: Node, display_path: str) -> Location:
     provenance = node.provenance
-    if provenance is None:  # plain ONNX: the common case, without the four lookups below
-        return Location(display_path, node.graph.path, node.label, node.op_type, node.index)
+    if provenance is None:
+        return _plain_location(node, display_path)
     return Location(
         file=display_path,
         graph=node.graph.path,
@@ -40,6 +40,7 @@ def lint_model(
     overrides = dict(severity_overrides or {})
     shown_path = display_path or model.info.path
     findings = []
+    locate = location_of if model.info.provenance else _plain_location
     for graph in model.all_graphs():
         for code in selected:
             doc = None  # read at the rule's first hit: a clean model parses no rule file
@@ -47,12 +48,17 @@ def lint_model(
                 if doc is None:
                     doc = rule_doc(code)
                     citations = doc.citation_refs()
-                findings.append(_finding(code, doc, hit, overrides, shown_path, citations))
+                findings.append(_finding(code, doc, hit, overrides, locate(hit.node, shown_path), citations))
     return sort_findings(findings)
 
 
-def _finding(code, doc, hit: Hit, overrides, shown_path, citations) -> Finding:
+def _plain_location(node: Node, display_path: str) -> Location:
+    """location_of for a model without provenance (plain ONNX: no per-node lookups)."""
+    return Location(display_path, node.graph.path, node.label, node.op_type, node.index)
+
+
+def _finding(code, doc, hit: Hit, overrides, location: Location, citations) -> Finding:
     severity = overrides.get(code) or hit.severity or doc.severity
     # positional, in Finding's field order: keywords cost a third of building one
-    return Finding(code, doc.slug, severity, hit.message, location_of(hit.node, shown_path),
-                   tuple([n.label for n in hit.related]), doc.fix_available, doc.tags, citations)
+    return Finding(code, doc.slug, severity, hit.message, location, tuple([n.label for n in hit.related]),
+                   doc.fix_available, doc.tags, citations)

@@ -10,7 +10,6 @@ parameters) live here too, so lint never suggests a fold that the fixer would re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -35,15 +34,15 @@ class Affine:
         return int(self.s.shape[0])
 
 
-@dataclass(frozen=True)
-class FoldTarget:
-    """A BN that can be folded, the weight layer it folds into, and the bias Add of MatMul+Add."""
+class FoldTarget(NamedTuple):
+    """A BN that can be folded, the weight layer it folds into, and the bias Add of MatMul+Add. (A named
+    tuple: lint makes one per foldable BN.)"""
 
     bn: BatchNorm
     layer: Node
     add: Node | None = None
 
-    @cached_property
+    @property
     def affine(self) -> Affine:
         """BN's per-channel map, computed when a rewrite needs it (fold_target already vetted it)."""
         affine = inference_affine(self.bn)
@@ -99,17 +98,22 @@ def _affine_problem(params, denominator, s, t) -> str:
 def output_channels(layer: Node) -> int | None:
     """How many output channels (features) a weight layer has, from its weight's static shape."""
     shape = layer.graph.shape_of(layer.input(1))
-    if not shape or not all(isinstance(d, int) for d in shape):
+    if not shape:
         return None
-    if layer.op_type == "Conv":
-        return shape[0]
-    if layer.op_type == "ConvTranspose":
-        return shape[1] * int(layer.attr("group", 1)) if len(shape) > 1 else None
-    if layer.op_type == "Gemm":
-        return shape[0] if layer.attr("transB", 0) else shape[-1]
-    if layer.op_type == "MatMul":
-        return shape[-1]
-    return None
+    op_type = layer.op_type
+    if op_type == "Conv":
+        channels = shape[0]
+    elif op_type == "ConvTranspose":
+        channels = shape[1] if len(shape) > 1 else None
+        if isinstance(channels, int):
+            channels *= int(layer.attr("group", 1))
+    elif op_type == "Gemm":
+        channels = shape[0] if layer.attr("transB", 0) else shape[-1]
+    elif op_type == "MatMul":
+        channels = shape[-1]
+    else:
+        return None
+    return channels if isinstance(channels, int) else None
 
 
 def consumers_reason(node: Node, value: str) -> str | None:
@@ -165,14 +169,18 @@ def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
             return Refusal(bn, f"{layer.display} activation rank is {known}, not 2 (BN channel axis would not "
                                "be the MatMul output axis)", layer)
     channels = output_channels(layer)
-    bn_channels = graph.shape_of(bn.scale)
-    if channels is not None and bn_channels and isinstance(bn_channels[0], int) and bn_channels[0] != channels:
-        return Refusal(bn, f"BN has {bn_channels[0]} channels but {layer.display} has {channels} outputs", layer)
+    bn_channels = facts.channels if facts is not None else _leading_dim(graph.shape_of(bn.scale))
+    if channels is not None and bn_channels is not None and bn_channels != channels:
+        return Refusal(bn, f"BN has {bn_channels} channels but {layer.display} has {channels} outputs", layer)
     if facts is None or not facts.foldable_numerics:
         affine = inference_affine(bn)
         if isinstance(affine, str):
             return Refusal(bn, affine, layer)
     return FoldTarget(bn, layer, add)
+
+
+def _leading_dim(shape: tuple | None) -> int | None:
+    return shape[0] if shape and isinstance(shape[0], int) else None
 
 
 def _matmul_and_bias(add: Node) -> tuple[Node | None, str | None]:

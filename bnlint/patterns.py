@@ -30,8 +30,9 @@ class BiasSite(NamedTuple):
         return layer_kind(self.layer)
 
 
-def cancelled_bias(layer: Node, bn_channels: int | None) -> str | None:
-    """The bias value name of `layer` when it is constant per BN channel (so BN's mean removes it)."""
+def cancelled_bias(layer: Node, bn_scale: str) -> str | None:
+    """The bias value name of `layer` when it is constant per channel of the BN whose scale is `bn_scale`
+    (so BN's mean removes it)."""
     graph = layer.graph
     if layer.is_op("Conv", "ConvTranspose"):
         return layer.input(2) or None
@@ -52,11 +53,15 @@ def cancelled_bias(layer: Node, bn_channels: int | None) -> str | None:
             shape = graph.shape_of(right)
             if rank not in (2, None) or shape is None:
                 continue
-            if rank is None and (bn_channels is None or not shape or shape[-1] != bn_channels):
+            if rank is None and not _matches_channels(shape, graph.shape_of(bn_scale)):
                 continue
             if len(shape) <= 1 or all(d == 1 for d in shape[:-1]):
                 return right
     return None
+
+
+def _matches_channels(bias_shape: tuple, scale_shape: tuple | None) -> bool:
+    return bool(bias_shape and scale_shape) and bias_shape[-1] == scale_shape[0]
 
 
 def bias_site(bn: BatchNorm) -> BiasSite | None:
@@ -65,8 +70,7 @@ def bias_site(bn: BatchNorm) -> BiasSite | None:
     path = walk_up(graph, bn.x, THROUGH_IDENTITY)
     if path is None:
         return None
-    scale_shape = graph.shape_of(bn.scale)
-    bias = cancelled_bias(path.end, scale_shape[0] if scale_shape else None)
+    bias = cancelled_bias(path.end, bn.scale)
     return BiasSite(path.end, path.via, bias) if bias is not None else None
 
 

@@ -83,32 +83,27 @@ def batchnorms(graph: Graph) -> list[BatchNorm]:
 
 def _batchnorm(node: Node) -> BatchNorm:
     opset = node.opset
-    extra_outputs = [name for name in node.outputs[1:] if name]
+    outputs = node.outputs
+    extra_outputs = len(outputs) > 1 and any(outputs[1:])
     if opset >= 14:
         training = bool(node.attr("training_mode", 0))
         reason = "training_mode=1" if training else ""
         if not training and extra_outputs:
             training, reason = True, "running mean/variance outputs are present"
     elif opset >= 7:
-        training = bool(extra_outputs)
+        training = extra_outputs
         reason = "running mean/variance outputs are present" if training else ""
     else:
         training = not bool(node.attr("is_test", 0))
         reason = "is_test=0" if training else ""
     spatial = bool(node.attr("spatial", 1)) if opset < 9 else True
-    return BatchNorm(
-        node=node,
-        x=node.input(0),
-        scale=node.input(1),
-        bias=node.input(2),
-        mean=node.input(3),
-        var=node.input(4),
-        y=node.output(0),
-        epsilon=float(node.attr("epsilon", 1e-5)),
-        training=training,
-        training_reason=reason,
-        spatial=spatial,
-    )
+    x, scale, bias, mean, var = (node.inputs + _NO_INPUTS)[:5]  # optional inputs may be omitted
+    # positional, in field order: one is made per BN of every model
+    return BatchNorm(node, x, scale, bias, mean, var, outputs[0] if outputs else "",
+                     float(node.attr("epsilon", 1e-5)), training, reason, spatial)
+
+
+_NO_INPUTS = ("",) * 5
 
 
 class Dropout(NamedTuple):

@@ -47,6 +47,7 @@ def test_facts_match_per_bn_checks(data):
         assert fact.var_nonnegative == (not (p["var"] < 0).any())
         assert fact.foldable_numerics == (not isinstance(inference_affine(bn), str))
         assert fact.any_scale_zero == bool((p["scale"] == 0).any())
+        assert fact.channels == channels
         with np.errstate(invalid="ignore"):
             assert fact.all_scale_positive == bool(((p["scale"] > 0) & (p["var"] + bn.epsilon > 0)).all())
 
@@ -58,3 +59,35 @@ def test_typed_field_parameters_fall_back_to_per_bn_checks():
         tensor.ClearField("raw_data")
         tensor.float_data.extend(values.tolist())
     assert graph_bn_facts(build_model(model, "m.onnx").main) == {}
+
+
+def conv_bn(bn_channels: int, conv_channels: int, *, typed_fields: bool) -> onnx.ModelProto:
+    """Conv (conv_channels outputs) -> BN (bn_channels): raw float32 parameters (vectorised facts) or
+    typed float_data fields (the per-BN path)."""
+    inits = [numpy_helper.from_array(np.ones((conv_channels, 2, 1, 1), np.float32), "w")]
+    for key in ("scale", "bias", "mean", "var"):
+        inits.append(numpy_helper.from_array(np.ones(bn_channels, np.float32), key))
+    if typed_fields:
+        for tensor in inits[1:]:
+            values = numpy_helper.to_array(tensor)
+            tensor.ClearField("raw_data")
+            tensor.float_data.extend(values.tolist())
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+
+
+def test_fold_target_compares_channels_on_both_paths():
+    from bnlint.foldable import FoldTarget, fold_target
+
+    for typed in (False, True):
+        for bn_channels, conv_channels in ((3, 3), (4, 3)):
+            graph = build_model(conv_bn(bn_channels, conv_channels, typed_fields=typed), "m.onnx").main
+            assert (graph_bn_facts(graph) == {}) == typed
+            target = fold_target(batchnorm(graph.nodes_of("BatchNormalization")[0]))
+            if bn_channels == conv_channels:
+                assert isinstance(target, FoldTarget) and target.layer.label == "conv"
+            else:
+                assert target.reason == "BN has 4 channels but Conv 'conv' has 3 outputs"

@@ -14,7 +14,7 @@ def bias_before_bn(graph: Graph):
         site = bias_site(bn)
         if site is None:
             continue
-        if any(consumers_reason(n, n.output(0)) for n in (site.layer, *site.via)):
+        if consumers_reason(site.layer, site.layer.output(0)) or any(consumers_reason(n, n.output(0)) for n in site.via):
             continue
         yield Hit(
             node,

@@ -19,5 +19,5 @@ def unfolded_inference_bn(graph: Graph):
             node,
             f"{node.display} is an inference-time per-channel affine map that can be folded into "
             f"{target.kind} '{target.layer.label}' (`bnlint fix`)",
-            related=tuple(n for n in (target.layer, target.add) if n is not None),
+            related=(target.layer,) if target.add is None else (target.layer, target.add),
         )
