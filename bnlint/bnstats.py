@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import onnx
 
 from bnlint.graph import Graph
 from bnlint.semantics import BatchNorm, batchnorms
+from bnlint.tensors import inline_float32_vector
 
-_KEYS = ("scale", "bias", "mean", "var")
 _F32 = np.dtype("<f4")
 
 
@@ -31,17 +30,6 @@ class BNFacts(NamedTuple):
     channels: int           # the length of each parameter vector
 
 
-def _raw_float32(tensor: onnx.TensorProto | None) -> bytes | None:
-    if tensor is None or tensor.data_type != _FLOAT or tensor.data_location == _EXTERNAL:
-        return None
-    raw = tensor.raw_data
-    dims = tensor.dims
-    return raw if raw and len(dims) == 1 and len(raw) == 4 * dims[0] else None
-
-
-_FLOAT, _EXTERNAL = onnx.TensorProto.FLOAT, onnx.TensorProto.EXTERNAL
-
-
 def graph_bn_facts(graph: Graph) -> dict[int, BNFacts]:
     """Facts for the BNs of `graph` whose four parameters are raw float32 vectors of one length, keyed by
     node index (cached on the graph)."""
@@ -51,7 +39,7 @@ def graph_bn_facts(graph: Graph) -> dict[int, BNFacts]:
     views = batchnorms(graph)
     lookup = graph._initializers.get if graph.parent is None else graph.initializer
     # scale, bias, mean, var of BN 0, then of BN 1, ...: one C-level pass over all of them
-    every_raw = list(map(_raw_float32, map(lookup, [name for bn in views
+    every_raw = list(map(inline_float32_vector, map(lookup, [name for bn in views
                                                      for name in (bn.scale, bn.bias, bn.mean, bn.var)])))
     rows: list[BatchNorm] = []
     chunks: list[bytes] = []

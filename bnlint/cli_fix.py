@@ -196,16 +196,16 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
     The verification child starts as soon as the model is loaded, so onnxruntime's import, the original's
     session and the float64 reference overlap the rewrite; it is stopped when nothing needs verifying."""
     from bnlint.gcpause import cyclic_gc_paused
-    from bnlint.onnx_loader import load_onnx
+    from bnlint.onnx_loader import load_onnx_counted
 
     with cyclic_gc_paused():  # loading and saving allocate as much as the rewrite (~30% of it at depth 20000)
-        proto = load_onnx(model)
+        proto, external_tensors = load_onnx_counted(model)
         early = None if verify_options is None or show_diff else \
             _start_verification(model, proto, verify_options, shown or model)
         checker = None if show_diff else _start_checker(model)
         try:
             return _fix_and_write(proto, model, out, codes, show_diff, verify_options, in_place, started, exported,
-                                  shown, diff_to_stdout, early, checker)
+                                  shown, diff_to_stdout, early, checker, input_external=external_tensors > 0)
         finally:
             for child in (early, checker):
                 if child is not None:
@@ -241,12 +241,12 @@ def _start_verification(model: str, proto, options, shown: str):
 
 
 def _fix_and_write(proto, model: str, out: Path, codes, show_diff: bool, verify_options, in_place: bool,
-                   started: float, exported, shown: str | None, diff_to_stdout: bool, early, checker):
+                   started: float, exported, shown: str | None, diff_to_stdout: bool, early, checker, *,
+                   input_external: bool):
     from bnlint.fix import fix_model
     from bnlint.fix.report import FixRun, render_diff
-    from bnlint.safe_io import check_output_path, prepare_save, too_large, uses_external_data
+    from bnlint.safe_io import check_output_path, fits_unmeasured, prepare_save, too_large
 
-    input_external = uses_external_data(proto)
     outcome = fix_model(proto, model, codes, detach=not show_diff)
     run = FixRun(model=shown or model, outcome=outcome, output=str(out))
     if show_diff:
@@ -263,8 +263,9 @@ def _fix_and_write(proto, model: str, out: Path, codes, show_diff: bool, verify_
     check_output_path(out)
     # A model that came with external data keeps that layout; one too large for protobuf gets it.
     detached_bytes = sum(array.nbytes for array in outcome.detached.values())
+    fits = fits_unmeasured(os.path.getsize(model), outcome.bytes_added) or not too_large(proto, detached_bytes)
     pending = prepare_save(proto, out, source_path=model, arrays=outcome.detached,
-                           external=input_external or too_large(proto, detached_bytes), checker=checker)
+                           external=input_external or not fits, checker=checker)
     try:
         if verify_options is not None and outcome.changed:
             run.verification = _verify(early, str(pending.temp_path), proto, outcome)

@@ -20,6 +20,7 @@ import stat
 from collections import deque
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 import onnx.defs
@@ -301,6 +302,17 @@ def check_external_tensors(path: str, model: onnx.ModelProto, location_keys: int
 # -- the whole load ------------------------------------------------------------------------------------
 def load_onnx(path: str | os.PathLike, *, max_size: int | None = None) -> onnx.ModelProto:
     """Load a model's graph; external tensors are validated (location, file, bounds) but not read."""
+    return load_onnx_counted(path, max_size=max_size).model
+
+
+class LoadedOnnx(NamedTuple):
+    model: onnx.ModelProto
+    external_tensors: int  # how many tensors (any graph or function) keep their data in external files
+
+
+def load_onnx_counted(path: str | os.PathLike, *, max_size: int | None = None) -> LoadedOnnx:
+    """load_onnx, also telling how many tensors are external: the fixer keeps that layout and need not walk
+    the model again to find out."""
     path = str(path)
     data = read_model_bytes(path, max_size)
     model = parse_model(path, data)
@@ -308,12 +320,10 @@ def load_onnx(path: str | os.PathLike, *, max_size: int | None = None) -> onnx.M
     check_default_domain_imported(path, model)
     nodes = len(model.graph.node) + sum(len(function.node) for function in model.functions)
     if len(data) > _BYTES_PER_NODE * max(nodes, 1):
-        check_external_tensors(path, model)  # weight-heavy: walking every tensor beats scanning the bytes
-    else:
-        keys = data.count(b"location")
-        if keys:
-            check_external_tensors(path, model, keys)
-    return model
+        # weight-heavy: walking every tensor beats scanning the bytes
+        return LoadedOnnx(model, check_external_tensors(path, model))
+    keys = data.count(b"location")  # every external tensor names its file under this key
+    return LoadedOnnx(model, check_external_tensors(path, model, keys) if keys else 0)
 
 
 # Scanning the file for `location` costs ~0.3 ns a byte, walking the model's tensors ~1 us a node: past this

@@ -72,6 +72,20 @@ def _element_bits(data_type: int) -> int | None:
 _ELEMENT_BITS = {data_type: _element_bits(data_type) for data_type in _KNOWN_TYPES}
 
 
+def inline_float32_vector(tensor: onnx.TensorProto | None) -> bytes | None:
+    """The raw bytes of an inline 1-D float32 tensor whose length matches its dims, else None. The BN
+    parameter readers of lint (bnlint.bnstats) and of the bulk fold (bnlint.fix.bulk) use it per BN, so
+    it reads each protobuf field once."""
+    if tensor is None or tensor.data_type != _FLOAT32 or tensor.data_location == _EXTERNAL_LOCATION:
+        return None
+    raw = tensor.raw_data
+    dims = tensor.dims
+    return raw if raw and len(dims) == 1 and len(raw) == 4 * dims[0] else None
+
+
+_FLOAT32, _EXTERNAL_LOCATION = onnx.TensorProto.FLOAT, onnx.TensorProto.EXTERNAL
+
+
 def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     """Byte size of a tensor's raw (little-endian, sub-byte types packed) data, or None for types without
     a fixed width (strings) or unknown types."""

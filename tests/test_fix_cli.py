@@ -170,6 +170,24 @@ def test_select_and_ignore_choose_fixes(model_file, run_cli, tmp_path):
     assert [n.op_type for n in onnx.load(out).graph.node] == ["Conv", "Dropout", "BatchNormalization"]
 
 
+def test_the_protobuf_size_is_measured_only_when_the_rewrite_could_reach_the_limit(model_file, run_cli, tmp_path,
+                                                                                     monkeypatch):
+    import bnlint.safe_io as safe_io
+
+    path = model_file("conv2d_bn_wide")
+    measured = []
+    real = safe_io.too_large
+    monkeypatch.setattr(safe_io, "too_large", lambda model, extra=0: measured.append(extra) or real(model, extra))
+    result = run_cli("fix", path, "-o", tmp_path / "small.onnx", "--no-verify")
+    assert result.exit_code == 0, result.stderr
+    assert measured == [] and files(tmp_path) >= {"small.onnx"} and "small.onnx.data" not in files(tmp_path)
+    # a limit the bound cannot vouch for: the model is measured, found too large and saved with external data
+    monkeypatch.setattr(safe_io, "PROTOBUF_LIMIT", (64 << 20) + 4096)
+    result = run_cli("fix", path, "-o", tmp_path / "big.onnx", "--no-verify")
+    assert result.exit_code == 0, result.stderr
+    assert measured and "big.onnx.data" in files(tmp_path)
+
+
 def test_external_data_gets_its_own_file_and_the_input_data_is_untouched(model_file, run_cli):
     path = model_file("conv2d_bn_wide", save_as_external_data=True, all_tensors_to_one_file=True,
                       location="model.onnx.data", size_threshold=0)

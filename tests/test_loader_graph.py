@@ -124,6 +124,23 @@ def test_external_data_only_bn_parameters_are_read(tmp_path, monkeypatch):
     assert set(read) <= {"s", "b", "m", "v"} and "w" not in read
 
 
+def test_load_counts_external_tensors_on_both_scan_paths(tmp_path):
+    from bnlint.onnx_loader import load_onnx_counted
+
+    model, heavy = conv_relu_bn(15), conv_relu_bn(15)  # saving with external data edits the model
+    inline, external = tmp_path / "inline.onnx", tmp_path / "external.onnx"
+    onnx.save(model, inline)
+    save_with_external_data(model, external)
+    assert load_onnx_counted(inline).external_tensors == 0
+    assert load_onnx_counted(external).external_tensors == len(model.graph.initializer)
+    # a weight-heavy file (past 4 kB per node) is walked instead of scanned for `location`
+    heavy.graph.initializer.append(numpy_helper.from_array(np.zeros(4096, np.float32), "unused"))
+    onnx.save(heavy, inline)
+    assert load_onnx_counted(inline).external_tensors == 0
+    save_with_external_data(heavy, external)
+    assert load_onnx_counted(external).external_tensors == len(heavy.graph.initializer)
+
+
 def test_external_data_missing_or_escaping(tmp_path):
     path = tmp_path / "ext.onnx"
     save_with_external_data(conv_relu_bn(15), path)

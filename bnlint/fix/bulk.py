@@ -26,6 +26,7 @@ from bnlint.fix import bias, fold
 from bnlint.fix.live import LiveGraph, _delete_flagged, _delete_where
 from bnlint.fix.result import Change, Checkpoint, PassResult
 from bnlint.graph import ONNX_DOMAINS
+from bnlint.tensors import inline_float32_vector
 
 ENABLED = True  # tests switch the fast path off to compare it with the general passes
 _F32 = np.dtype("<f4")
@@ -116,8 +117,9 @@ def _block(live: LiveGraph, i: int, shadowed: set[str]) -> Block | None:
             or consumers.get(x) != [i] or x in live.output_names or len(live._outputs[conv]) != 1
             or x in live._initializers):
         return None
-    if any(op_types[k] in _NOT_DEFERRED_READERS for k in consumers.get(y, ())):
-        return None
+    for reader in consumers.get(y, ()):
+        if op_types[reader] in _NOT_DEFERRED_READERS:
+            return None
     conv_inputs = live._inputs[conv]
     if not 2 <= len(conv_inputs) <= 3:
         return None
@@ -144,12 +146,7 @@ def _block(live: LiveGraph, i: int, shadowed: set[str]) -> Block | None:
 
 def _vector(initializers: dict, name: str, shadowed: set[str]) -> bytes | None:
     """The raw bytes of an inline 1-D float32 initializer (checked against its length), else None."""
-    tensor = initializers.get(name)
-    if tensor is None or name in shadowed or tensor.data_type != _FLOAT or tensor.data_location == _EXTERNAL:
-        return None
-    dims = tensor.dims
-    raw = tensor.raw_data
-    return raw if len(dims) == 1 and len(raw) == 4 * dims[0] else None
+    return None if name in shadowed else inline_float32_vector(initializers.get(name))
 
 
 def _epsilon(proto: onnx.NodeProto) -> float | None:

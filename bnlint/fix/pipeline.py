@@ -67,6 +67,7 @@ class FixOutcome:
     bytes_saved: int
     notes: list[str]
     seconds: float
+    bytes_added: int = 0  # tensor bytes the rewrite added (bytes_saved nets them against those removed)
     # Main-graph initializers (by name) whose values are still numpy arrays: their TensorProtos hold no
     # data until `materialize()`; bnlint.safe_io writes them straight from the arrays.
     detached: dict[str, np.ndarray] = field(default_factory=dict)
@@ -129,6 +130,7 @@ def _outcome(model, codes, results, lives: list[LiveGraph], main: LiveGraph, det
     outcome = FixOutcome(model, codes, passes, BnSummary(), nodes_before, nodes_before - removed, saved,
                          _notes(lives, model.ir_version), 0.0)
     outcome.detached = {tensor.name: array for tensor, array in main.detached.values()}
+    outcome.bytes_added = sum(live.bytes_added for live in lives)
     if os.environ.get(PERTURB_ENV) == "1":
         _perturb_first_new_weight(model, outcome.changes, outcome.detached)
     if not detach:
