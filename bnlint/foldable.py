@@ -9,7 +9,6 @@ parameters) live here too, so lint never suggests a fold that the fixer would re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -22,8 +21,7 @@ from bnlint.semantics import BatchNorm
 FOLD_INTO = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-@dataclass(frozen=True)
-class Affine:
+class Affine(NamedTuple):
     """An inference BN as the per-channel map y = s * x + t, in float64."""
 
     s: np.ndarray
