@@ -145,15 +145,18 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     from contextlib import nullcontext
     from dataclasses import replace
 
-    from bnlint.fingerprints import project_root
-    from bnlint.config import parse_size
-    from bnlint.lint import LintOptions, run_lint
-    from bnlint.progress import ProgressBar, wants_progress
-    from bnlint.report import render, render_statistics, summary_line
-    from bnlint.report.text import render_full
-    from bnlint.selection import split_codes
-    from bnlint.sources import display_path
-    from bnlint.torch_frontend.options import TorchOptions
+    from bnlint.gcpause import imports_uncollected
+
+    with imports_uncollected():  # onnx and numpy among them
+        from bnlint.fingerprints import project_root
+        from bnlint.config import parse_size
+        from bnlint.lint import LintOptions, run_lint
+        from bnlint.progress import ProgressBar, wants_progress
+        from bnlint.report import render, render_statistics, summary_line
+        from bnlint.report.text import render_full
+        from bnlint.selection import split_codes
+        from bnlint.sources import display_path
+        from bnlint.torch_frontend.options import TorchOptions
 
     if write_baseline_path and baseline_path:
         fail("--write-baseline replaces a baseline; do not combine it with --baseline")
