@@ -103,8 +103,7 @@ class Node:
         attribute = self.attrs.get(name)
         if attribute is None or attribute.ref_attr_name:
             return default
-        return checked_attribute_value(self.graph.model.path, self.label, self.op_type, self.domain, self.opset,
-                                       attribute)
+        return checked_attribute_value(self.graph.model.path, self, attribute)
 
     def input(self, i: int) -> str:
         """Input i's value name, or '' when absent (optional inputs may be omitted or empty)."""
@@ -285,11 +284,8 @@ class Graph:
                 readers = get(name)
                 if readers is None:
                     consumers[name] = [i]
-                else:
+                elif readers[-1] != i:  # Mul(x, x) reads x once; nodes come in order, so lists stay sorted
                     readers.append(i)
-        for name, readers in consumers.items():
-            if len(readers) > 1 and len(set(readers)) != len(readers):  # Mul(x, x) reads x once
-                consumers[name] = sorted(set(readers))
         for i in self._subgraph_owners:
             for name in _node_free_names(self._protos[i]):
                 readers = consumers.setdefault(name, [])

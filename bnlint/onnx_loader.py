@@ -450,13 +450,14 @@ def _expected_type(op_type: str, domain: str, opset: int, name: str) -> int | No
     return types.get(name) if types else None
 
 
-def checked_attribute_value(path: str, node_label: str, op_type: str, domain: str, opset: int,
-                            attribute: onnx.AttributeProto):
+def checked_attribute_value(path: str, node, attribute: onnx.AttributeProto):
     """An attribute's Python value, after checking its type against the op's schema; LoadError when the
-    model declares the wrong type (a string epsilon, an untyped attribute) instead of a crash later."""
-    expected = _expected_type(op_type, domain, opset, attribute.name)
+    model declares the wrong type (a string epsilon, an untyped attribute) instead of a crash later.
+    `node` is a bnlint.graph.Node (op_type, domain, opset, and label for the message)."""
+    op_type = node.op_type
+    expected = _expected_type(op_type, node.domain, node.opset, attribute.name)
     if expected is not None and attribute.type != expected:
-        raise LoadError(path, f"node {node_label!r} ({op_type}) has attribute {attribute.name!r} of type "
+        raise LoadError(path, f"node {node.label!r} ({op_type}) has attribute {attribute.name!r} of type "
                               f"{_attr_type_name(attribute.type)}, but {op_type} needs {_attr_type_name(expected)}")
     kind = attribute.type
     if kind == _FLOAT:  # the common scalars, read directly (get_attribute_value's dispatch costs ~1 us)
@@ -466,7 +467,7 @@ def checked_attribute_value(path: str, node_label: str, op_type: str, domain: st
     try:
         return onnx.helper.get_attribute_value(attribute)
     except Exception:  # an UNDEFINED or unknown attribute type
-        raise LoadError(path, f"node {node_label!r} ({op_type}) has attribute {attribute.name!r} with no valid "
+        raise LoadError(path, f"node {node.label!r} ({op_type}) has attribute {attribute.name!r} with no valid "
                               "type") from None
 
 
