@@ -14,7 +14,8 @@ def bias_before_bn(graph: Graph):
         site = bias_site(bn)
         if site is None:
             continue
-        if consumers_reason(site.layer, site.layer.output(0)) or any(consumers_reason(n, n.output(0)) for n in site.via):
+        layer = site.layer
+        if consumers_reason(layer, layer.output(0)) or any(consumers_reason(n, n.output(0)) for n in site.via):
             continue
         yield Hit(
             node,
