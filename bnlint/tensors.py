@@ -14,6 +14,7 @@ are read by `to_array` through the same checked file descriptor.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
 import stat
@@ -27,6 +28,7 @@ from onnx import numpy_helper
 from bnlint.errors import LoadError
 
 LFS_MAGIC = b"version https://git-lfs"
+MAP_BYTES = 16 << 20  # external tensors from this size are memory-mapped, not read
 LFS_MESSAGE = "this is a Git LFS pointer; run git lfs pull"
 
 
@@ -275,14 +277,19 @@ def read_external_bytes(model_path: str, base_dir: Path, tensor: onnx.TensorProt
     return bytes(read_external_into(model_path, base_dir, tensor))
 
 
-def read_external_into(model_path: str, base_dir: Path, tensor: onnx.TensorProto) -> bytearray:
-    """An external tensor's bytes in a new bytearray, read straight into it (one copy of a multi-GB
-    tensor, not one per chunk plus a join)."""
+def read_external_into(model_path: str, base_dir: Path, tensor: onnx.TensorProto) -> bytearray | memoryview:
+    """An external tensor's bytes in a writable buffer of its own. A large tensor is mapped copy-on-write
+    (pages come straight from the page cache and writes never reach the file: a multi-GB weight costs no
+    copy and no anonymous memory until it is written); a small one is read into a new bytearray."""
     location, offset, length = _span(model_path, tensor)
     fd = open_external(model_path, base_dir, location)
     try:
         size = _checked_file_size(model_path, location, fd)
         _check_bounds(model_path, tensor, location, offset, length, size)
+        if length >= MAP_BYTES:
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapping = mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_COPY)
+            return memoryview(mapping)[offset - start:]
         buffer = bytearray(length)
         view, done = memoryview(buffer), 0
         while done < length:

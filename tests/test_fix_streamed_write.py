@@ -106,3 +106,58 @@ def test_external_tensor_read_directly_into_an_array(tmp_path):
         entry.key, entry.value = key, value
     got = to_array(tensor, str(tmp_path / "m.onnx"), tmp_path)
     assert got.dtype == np.float32 and np.array_equal(got, values)
+
+
+def _external_tensor(folder, values: np.ndarray, offset: int) -> TensorProto:
+    (folder / "w.bin").write_bytes(b"\1" * offset + values.tobytes() + b"\2" * 8)
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=list(values.shape))
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "w.bin"), ("offset", str(offset)), ("length", str(values.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+@pytest.mark.parametrize("offset", [0, 16, 5000])  # 5000: not on a page boundary, past the first page
+def test_large_external_tensor_is_mapped_copy_on_write(tmp_path, monkeypatch, offset):
+    import bnlint.tensors as tensors
+
+    monkeypatch.setattr(tensors, "MAP_BYTES", 64)
+    values = np.arange(96, dtype=np.float32).reshape(8, 12)
+    tensor = _external_tensor(tmp_path, values, offset)
+    before = (tmp_path / "w.bin").read_bytes()
+    assert isinstance(tensors.read_external_into(str(tmp_path / "m.onnx"), tmp_path, tensor), memoryview)
+    got = to_array(tensor, str(tmp_path / "m.onnx"), tmp_path)
+    assert np.array_equal(got, values)
+    got *= 2  # the array is the caller's: writable, and writes stay in this process
+    del got
+    assert (tmp_path / "w.bin").read_bytes() == before
+
+
+@pytest.mark.parametrize("kernel", ["copies", "refuses"])
+def test_unchanged_external_tensors_are_copied_byte_for_byte(tmp_path, monkeypatch, kernel):
+    """copy_file_range where the kernel takes it; the read/write loop where it refuses (EXDEV: across file
+    systems on older kernels), from where the kernel stopped."""
+    import errno
+    import os
+
+    import bnlint.safe_io as safe_io
+
+    calls = []
+    if kernel == "refuses":
+        def refuse(*args):
+            calls.append(args)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    monkeypatch.setattr(safe_io._KERNEL_COPY, "works", True)
+    onnx.save(_model(), str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+              size_threshold=0)
+    loaded = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    out = tmp_path / "out.onnx"
+    prepare_save(loaded, out, source_path=tmp_path / "m.onnx", external=True).commit()
+    got, want = _initializers(onnx.load(str(out))), _initializers(_model())
+    assert got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+    assert safe_io._KERNEL_COPY.works == (kernel == "copies")
+    assert len(calls) == (1 if kernel == "refuses" else 0)  # refused once, then never asked again
