@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import onnx
 
 from bnlint.graph import Graph, Node
 
@@ -85,8 +86,9 @@ def _batchnorm(node: Node) -> BatchNorm:
     opset = node.opset
     outputs = node.outputs
     extra_outputs = len(outputs) > 1 and any(outputs[1:])
+    attributes = {a.name: a for a in node.proto.attribute}
     if opset >= 14:
-        training = bool(node.attr("training_mode", 0))
+        training = bool(_int_attribute(node, attributes, "training_mode", 0))
         reason = "training_mode=1" if training else ""
         if not training and extra_outputs:
             training, reason = True, "running mean/variance outputs are present"
@@ -94,13 +96,36 @@ def _batchnorm(node: Node) -> BatchNorm:
         training = extra_outputs
         reason = "running mean/variance outputs are present" if training else ""
     else:
-        training = not bool(node.attr("is_test", 0))
+        training = not bool(_int_attribute(node, attributes, "is_test", 0))
         reason = "is_test=0" if training else ""
-    spatial = bool(node.attr("spatial", 1)) if opset < 9 else True
+    spatial = bool(_int_attribute(node, attributes, "spatial", 1)) if opset < 9 else True
+    epsilon = attributes.get("epsilon")
+    if epsilon is None:
+        epsilon = 1e-5
+    elif epsilon.type == _FLOAT and not epsilon.ref_attr_name:
+        epsilon = epsilon.f
+    else:
+        epsilon = float(node.attr("epsilon", 1e-5))
     x, scale, bias, mean, var = (node.inputs + _NO_INPUTS)[:5]  # optional inputs may be omitted
     # positional, in field order: one is made per BN of every model
-    return BatchNorm(node, x, scale, bias, mean, var, outputs[0] if outputs else "",
-                     float(node.attr("epsilon", 1e-5)), training, reason, spatial)
+    return BatchNorm(node, x, scale, bias, mean, var, outputs[0] if outputs else "", epsilon, training, reason,
+                     spatial)
+
+
+def _int_attribute(node: Node, attributes: dict, name: str, default: int) -> int:
+    """A BN integer attribute read straight from its proto when it is a plain INT (the schema's type at the
+    opsets _batchnorm reads it); anything else goes through Node.attr, which resolves function references
+    and words a wrong type as a LoadError. (Node.attr's per-call schema lookup was a third of a BN view.)"""
+    attribute = attributes.get(name)
+    if attribute is None:
+        return default
+    if attribute.type == _INT and not attribute.ref_attr_name:
+        return attribute.i
+    return node.attr(name, default)
+
+
+_FLOAT = onnx.AttributeProto.FLOAT
+_INT = onnx.AttributeProto.INT
 
 
 _NO_INPUTS = ("",) * 5

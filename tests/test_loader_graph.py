@@ -200,6 +200,37 @@ def test_findings_inside_model_local_functions():
     assert ("BN001", "function:custom.ReluBN", "f_bn") in found
 
 
+def _bn_with_attributes(opset: int, *attributes: onnx.AttributeProto):
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
+    node.attribute.extend(attributes)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return batchnorm(build_model(proto, "m.onnx").main.nodes[0])
+
+
+def _reference(name: str, kind: int) -> onnx.AttributeProto:
+    attribute = onnx.AttributeProto(name=name, type=kind)
+    attribute.ref_attr_name = f"outer_{name}"
+    return attribute
+
+
+def test_bn_attributes_read_plainly_referenced_or_mistyped():
+    """The BN view reads epsilon, training_mode, is_test and spatial straight from plain attributes; a
+    function's attribute reference means the default, and a wrong type is a LoadError naming the node."""
+    view = _bn_with_attributes(15, helper.make_attribute("epsilon", 0.25), helper.make_attribute("training_mode", 1))
+    assert (view.epsilon, view.training, view.training_reason) == (0.25, True, "training_mode=1")
+    view = _bn_with_attributes(6, helper.make_attribute("is_test", 1), helper.make_attribute("spatial", 0))
+    assert (view.training, view.spatial, view.epsilon) == (False, False, 1e-5)
+    view = _bn_with_attributes(15, _reference("epsilon", onnx.AttributeProto.FLOAT),
+                               _reference("training_mode", onnx.AttributeProto.INT))
+    assert (view.epsilon, view.training) == (1e-5, False)
+    with pytest.raises(LoadError, match="attribute 'training_mode' of type FLOAT, but BatchNormalization needs INT"):
+        _bn_with_attributes(15, helper.make_attribute("training_mode", 1.0))
+    with pytest.raises(LoadError, match="attribute 'epsilon' of type STRING"):
+        _bn_with_attributes(15, helper.make_attribute("epsilon", "1e-5"))
+
+
 def test_unnamed_nodes_get_stable_labels():
     model = model_from_text("""
         <ir_version: 8, opset_import: ["" : 15]>
