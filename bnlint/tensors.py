@@ -287,9 +287,9 @@ def read_external_into(model_path: str, base_dir: Path, tensor: onnx.TensorProto
         size = _checked_file_size(model_path, location, fd)
         _check_bounds(model_path, tensor, location, offset, length, size)
         if length >= MAP_BYTES:
-            start = offset - offset % mmap.ALLOCATIONGRANULARITY
-            mapping = mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_COPY)
-            return memoryview(mapping)[offset - start:]
+            mapped = _map_copy_on_write(fd, offset, length)
+            if mapped is not None:
+                return mapped
         buffer = bytearray(length)
         view, done = memoryview(buffer), 0
         while done < length:
@@ -306,6 +306,17 @@ def read_external_into(model_path: str, base_dir: Path, tensor: onnx.TensorProto
         return buffer
     finally:
         os.close(fd)
+
+
+def _map_copy_on_write(fd: int, offset: int, length: int) -> memoryview | None:
+    """`length` bytes at `offset` mapped privately, or None where the file system cannot map files (the
+    caller reads them instead)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        mapping = mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+    return memoryview(mapping)[offset - start:]
 
 
 # Element types whose external bytes are little-endian fixed-width numbers numpy reads as they are.

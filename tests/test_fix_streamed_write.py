@@ -134,6 +134,22 @@ def test_large_external_tensor_is_mapped_copy_on_write(tmp_path, monkeypatch, of
     assert (tmp_path / "w.bin").read_bytes() == before
 
 
+def test_a_file_system_that_cannot_map_is_read_instead(tmp_path, monkeypatch):
+    import mmap
+
+    import bnlint.tensors as tensors
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")  # ENODEV: what mmap raises on file systems without it
+
+    monkeypatch.setattr(tensors, "MAP_BYTES", 64)
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    values = np.arange(96, dtype=np.float32).reshape(8, 12)
+    tensor = _external_tensor(tmp_path, values, 16)
+    assert isinstance(tensors.read_external_into(str(tmp_path / "m.onnx"), tmp_path, tensor), bytearray)
+    assert np.array_equal(to_array(tensor, str(tmp_path / "m.onnx"), tmp_path), values)
+
+
 @pytest.mark.parametrize("kernel", ["copies", "refuses"])
 def test_unchanged_external_tensors_are_copied_byte_for_byte(tmp_path, monkeypatch, kernel):
     """copy_file_range where the kernel takes it; the read/write loop where it refuses (EXDEV: across file
