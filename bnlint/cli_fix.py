@@ -199,13 +199,14 @@ def _run_fix(model: str, out: Path, codes, show_diff: bool, verify_options, in_p
     from bnlint.onnx_loader import load_onnx_counted
 
     with cyclic_gc_paused():  # loading and saving allocate as much as the rewrite (~30% of it at depth 20000)
-        proto, external_tensors = load_onnx_counted(model)
+        proto, external_tensors, external_bytes = load_onnx_counted(model)
         early = None if verify_options is None or show_diff else \
             _start_verification(model, proto, verify_options, shown or model)
         checker = None if show_diff else _start_checker(model)
         try:
             return _fix_and_write(proto, model, out, codes, show_diff, verify_options, in_place, started, exported,
-                                  shown, diff_to_stdout, early, checker, input_external=external_tensors > 0)
+                                  shown, diff_to_stdout, early, checker, input_external=external_tensors > 0,
+                                  external_bytes=external_bytes)
         finally:
             for child in (early, checker):
                 if child is not None:
@@ -242,12 +243,15 @@ def _start_verification(model: str, proto, options, shown: str):
 
 def _fix_and_write(proto, model: str, out: Path, codes, show_diff: bool, verify_options, in_place: bool,
                    started: float, exported, shown: str | None, diff_to_stdout: bool, early, checker, *,
-                   input_external: bool):
+                   input_external: bool, external_bytes: int):
     from bnlint.fix import fix_model
     from bnlint.fix.report import FixRun, render_diff
+    from bnlint.fix.spill import spill_folder, spilling
     from bnlint.safe_io import check_output_path, fits_unmeasured, prepare_save, too_large
 
-    outcome = fix_model(proto, model, codes, detach=not show_diff)
+    spill_to = None if show_diff else spill_folder(out, os.path.getsize(model) + external_bytes)
+    with spilling(spill_to):
+        outcome = fix_model(proto, model, codes, detach=not show_diff)
     run = FixRun(model=shown or model, outcome=outcome, output=str(out))
     if show_diff:
         run.diff = render_diff(run)

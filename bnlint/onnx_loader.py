@@ -271,14 +271,16 @@ def iter_all_tensors(model: onnx.ModelProto):
                     yield sparse.indices, "sparse"
 
 
-def check_external_tensors(path: str, model: onnx.ModelProto, location_keys: int | None = None) -> int:
+def check_external_tensors(path: str, model: onnx.ModelProto, location_keys: int | None = None,
+                           sizes: dict[str, int] | None = None) -> int:
     """Validate every external data reference (stat only, no weight byte read); returns how many.
 
     `location_keys` is how many times the bytes `location` occur in the file: every external_data key
     spelled `location` is such an occurrence, so once that many keys have been seen (usually after the
-    initializers) the rest of the model holds none and the walk stops early."""
+    initializers) the rest of the model holds none and the walk stops early. `sizes` receives each data
+    file's size by location."""
     base_dir = Path(path).parent
-    sizes: dict[str, int] = {}
+    sizes = {} if sizes is None else sizes
     remaining = location_keys
     found = 0
     external = onnx.TensorProto.EXTERNAL
@@ -308,6 +310,7 @@ def load_onnx(path: str | os.PathLike, *, max_size: int | None = None) -> onnx.M
 class LoadedOnnx(NamedTuple):
     model: onnx.ModelProto
     external_tensors: int  # how many tensors (any graph or function) keep their data in external files
+    external_bytes: int = 0  # the size of the data files they are in
 
 
 def load_onnx_counted(path: str | os.PathLike, *, max_size: int | None = None) -> LoadedOnnx:
@@ -319,11 +322,14 @@ def load_onnx_counted(path: str | os.PathLike, *, max_size: int | None = None) -
     check_versions(path, model)
     check_default_domain_imported(path, model)
     nodes = len(model.graph.node) + sum(len(function.node) for function in model.functions)
+    sizes: dict[str, int] = {}
     if len(data) > _BYTES_PER_NODE * max(nodes, 1):
         # weight-heavy: walking every tensor beats scanning the bytes
-        return LoadedOnnx(model, check_external_tensors(path, model))
-    keys = data.count(b"location")  # every external tensor names its file under this key
-    return LoadedOnnx(model, check_external_tensors(path, model, keys) if keys else 0)
+        count = check_external_tensors(path, model, sizes=sizes)
+    else:
+        keys = data.count(b"location")  # every external tensor names its file under this key
+        count = check_external_tensors(path, model, keys, sizes) if keys else 0
+    return LoadedOnnx(model, count, sum(sizes.values()))
 
 
 # Scanning the file for `location` costs ~0.3 ns a byte, walking the model's tensors ~1 us a node: past this

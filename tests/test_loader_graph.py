@@ -133,12 +133,16 @@ def test_load_counts_external_tensors_on_both_scan_paths(tmp_path):
     save_with_external_data(model, external)
     assert load_onnx_counted(inline).external_tensors == 0
     assert load_onnx_counted(external).external_tensors == len(model.graph.initializer)
+    data_bytes = sum(f.stat().st_size for f in tmp_path.iterdir() if f.suffix not in (".onnx",))
+    assert load_onnx_counted(external).external_bytes == data_bytes > 0
+    assert load_onnx_counted(inline).external_bytes == 0
     # a weight-heavy file (past 4 kB per node) is walked instead of scanned for `location`
     heavy.graph.initializer.append(numpy_helper.from_array(np.zeros(4096, np.float32), "unused"))
     onnx.save(heavy, inline)
     assert load_onnx_counted(inline).external_tensors == 0
     save_with_external_data(heavy, external)
     assert load_onnx_counted(external).external_tensors == len(heavy.graph.initializer)
+    assert load_onnx_counted(external).external_bytes >= 4 * 4096
 
 
 def test_external_data_missing_or_escaping(tmp_path):

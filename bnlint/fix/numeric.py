@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bnlint.fix.spill import new_array
+
 _BLOCK_ELEMENTS = 1 << 22  # float64 working set per block: 32 MiB
 
 
@@ -107,7 +109,7 @@ def scale_rows(weight: np.ndarray, factor_for_rows: Callable[[slice], np.ndarray
     rows along axis 0 (one fused multiply per block: no float64 copy of the weight is ever made). Callers
     silence numpy's overflow warnings (the pipeline does): overflow is detected and refused here."""
     target = np_dtype(data_type)
-    out = np.empty(weight.shape, dtype=target)
+    out = new_array(weight.shape, target)  # on disk when the model does not fit in memory (fix.spill)
     if weight.ndim == 0 or weight.size == 0:
         return cast_checked(weight.astype(np.float64) * factor_for_rows(slice(None)), data_type, what, stats)
     per_row = max(1, weight.size // weight.shape[0])
