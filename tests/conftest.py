@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.parser
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from bnlint.cli import cli
 from bnlint.graph import build_model
@@ -24,6 +26,25 @@ def parse(text: str) -> onnx.ModelProto:
 def model_from_text(text: str, path: str = "model.onnx"):
     """The bnlint graph view of a model written in ONNX text syntax."""
     return build_model(parse(text), path)
+
+
+def conv_bn_model(channels: int, *, extra: dict | None = None) -> onnx.ModelProto:
+    """Conv(channels -> 2 x channels, 3x3) + an inference BN with random statistics; `extra`: more
+    initializers (name -> array) the graph does not use."""
+    rng = np.random.default_rng(0)
+    c = 2 * channels
+    weight = rng.standard_normal((c, channels, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    inits += [numpy_helper.from_array(array, name) for name, array in (extra or {}).items()]
+    inits += [numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "scale"),
+              numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias"),
+              numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
+              numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "var")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 @pytest.fixture

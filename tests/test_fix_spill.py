@@ -9,25 +9,10 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import conv_bn_model
 
 import bnlint.fix.spill as spill
 from bnlint.safe_io import WriteError, file_digest
-from onnx import TensorProto, helper, numpy_helper
-
-
-def conv_bn_model(channels: int) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    c = 2 * channels
-    inits = [numpy_helper.from_array(rng.standard_normal((c, channels, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "scale"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
-             numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "var")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_small_arrays_stay_in_memory_large_ones_are_file_backed(tmp_path, monkeypatch):

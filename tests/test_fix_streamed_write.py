@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from conftest import conv_bn_model
+from onnx import TensorProto, numpy_helper
 
 from bnlint.fix import fix_model
 from bnlint.inline_writer import plan_inline
@@ -17,20 +18,8 @@ CHANNELS = 128  # 128 x 128 x 3 x 3 float32 = 576 KiB; x2 below makes the Conv w
 
 
 def _model(channels: int = CHANNELS) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((2 * channels, channels, 3, 3)).astype(np.float32)
-    extra = rng.standard_normal((1 << 19,)).astype(np.float32)  # 2 MiB, unchanged by the fix
-    c = 2 * channels
-    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(extra, "unused_big"),
-             numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "scale"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
-             numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "var")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    unused = np.random.default_rng(1).standard_normal((1 << 19,)).astype(np.float32)  # 2 MiB, unchanged by the fix
+    return conv_bn_model(channels, extra={"unused_big": unused})
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
