@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bnlint.errors import BnlintError
 from bnlint.findings import Finding
+from bnlint.report.json_layout import dumps
 from bnlint.fingerprints import fingerprint, node_identity, relative_to_root
 
 FORMAT_VERSION = 1
@@ -86,7 +87,7 @@ class Baseline:
     def dumps(self) -> str:
         document = {"bnlint-baseline": FORMAT_VERSION,
                     "findings": [entry.to_dict() for entry in self.entries]}
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return dumps(document, rows=("findings",), ensure_ascii=False) + "\n"
 
     def write(self, path: str | os.PathLike) -> None:
         """Atomically replace `path` (temp file in the same folder, then os.replace)."""

@@ -145,15 +145,15 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     from contextlib import nullcontext
     from dataclasses import replace
 
-    from bnlint.gcpause import imports_uncollected
+    from bnlint.gcpause import cyclic_gc_paused, imports_uncollected
 
     with imports_uncollected():  # onnx and numpy among them
         from bnlint.fingerprints import project_root
         from bnlint.config import parse_size
-        from bnlint.lint import LintOptions, run_lint
+        from bnlint.lint import LintOptions, ObserverGroup, run_lint
         from bnlint.progress import ProgressBar, wants_progress
         from bnlint.report import render, render_statistics, summary_line
-        from bnlint.report.text import render_full
+        from bnlint.report.text import FullReport, render_full
         from bnlint.selection import split_codes
         from bnlint.sources import display_path
         from bnlint.torch_frontend.options import TorchOptions
@@ -191,10 +191,16 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
         except ValueError as exc:
             raise ConfigError(f"--max-model-size: {exc}") from None
         options = replace(options, max_model_size=size_limit)
+        colored = use_color(color, sys.stdout) and output_file is None and fmt in ("full", "concise")
+        # The default report is rendered model by model as results arrive (with --jobs, while workers lint
+        # the rest), unless the findings shown are not those linted (baseline) or not listed (statistics).
+        early = None
+        if fmt == "full" and not statistics and baseline is None and not write_baseline_path:
+            early = FullReport(color=colored, source_root=options.torch.root)
         with bar or nullcontext():
             say = bar.log if bar else log
             result = run_lint(list(paths), options, progress=say if verbose else None,
-                              jobs=jobs, observer=bar)
+                              jobs=jobs, observer=ObserverGroup(bar, early))
     except BnlintError as exc:
         fail(str(exc))
     from bnlint.report.safe_text import printable
@@ -219,15 +225,16 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
     if baseline is not None:
         match = baseline.match(findings, root, checked_files=result.checked, active_codes=options.rule_codes())
         findings = match.new
-    stream_is_file = output_file is not None
-    colored = use_color(color, sys.stdout) and not stream_is_file and fmt in ("full", "concise")
-    if statistics and fmt in ("full", "concise"):
-        text = render_statistics(findings)
-    elif fmt == "full":
-        text = render_full(findings, color=colored, source_root=options.torch.root)
-    else:
-        text = render(fmt, findings, result.errors, color=colored, files=result.models, root=root,
-                      checked=result.checked, pictures=result.pictures, source_root=options.torch.root)
+    with cyclic_gc_paused():  # reports build many small acyclic objects: collections would only rescan them
+        if statistics and fmt in ("full", "concise"):
+            text = render_statistics(findings)
+        elif fmt == "full":
+            text = early.text() if early is not None else None
+            if text is None:
+                text = render_full(findings, color=colored, source_root=options.torch.root)
+        else:
+            text = render(fmt, findings, result.errors, color=colored, files=result.models, root=root,
+                          checked=result.checked, pictures=result.pictures, source_root=options.torch.root)
     if output_file:
         from bnlint.baseline import write_text_atomic
 
@@ -236,7 +243,9 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
         except BnlintError as exc:
             fail(str(exc))
     else:
-        click.echo(text, nl=False, color=colored)
+        # color=True: never strip. Uncoloured reports hold no escape sequences (names from the model are
+        # escaped by `printable`), and click's strip_ansi regex took 14 ms per 100,000 findings.
+        click.echo(text, nl=False, color=True)
     if verbose:
         log(f"checked {result.models} model(s) in {time.perf_counter() - started:.3f}s")
     log(summary_line(findings, result.models, len(result.errors)), quiet=quiet)
@@ -257,7 +266,8 @@ def check(paths, select, extend_select, ignore, config_path, fail_on, output_for
                 log(f"  stale: {entry.file} {entry.code} {entry.node} (x{entry.count})")
     if result.errors:
         sys.exit(EXIT_ERROR)
-    failing = [f for f in findings if f.severity.rank >= options.config.fail_on.rank]
+    threshold = options.config.fail_on.rank
+    failing = any(f.severity.rank >= threshold for f in findings)
     sys.exit(EXIT_FINDINGS if failing and not exit_zero else EXIT_CLEAN)
 
 

@@ -338,12 +338,11 @@ def _report_text(run, quiet: bool) -> None:
 
 def _report_json(reports: list, single: bool) -> None:
     """One JSON document: the report of the one model, or an array of every model's report."""
-    import json
-
-    from bnlint.fix.report import report_dict
+    from bnlint.fix.report import REPORT_ROWS, report_dict
+    from bnlint.report.json_layout import dumps
 
     documents = [report if isinstance(report, dict) else report_dict(report) for report in reports]
-    click.echo(json.dumps(documents[0] if single else documents, indent=2))
+    click.echo(dumps(documents[0] if single else documents, rows=REPORT_ROWS))
 
 
 @click.command()

@@ -45,14 +45,18 @@ def relative_to_root(path: str, root: Path) -> str:
 
     Paths outside the root stay absolute. A PyTorch factory target `file.py:build` keeps its `:build`.
     """
+    return _relative(path, root, os.getcwd())
+
+
+@lru_cache(maxsize=4096)  # every finding of a model asks for the same file (keyed by cwd: `path` may be relative)
+def _relative(path: str, root: Path, cwd: str) -> str:
     suffix = ""
     head, sep, tail = path.rpartition(":")
     if sep and head.endswith(".py") and tail and "/" not in tail and "\\" not in tail:
         path, suffix = head, f":{tail}"
-    return _relative_absolute(os.path.abspath(path), root) + suffix
+    return _relative_absolute(os.path.normpath(os.path.join(cwd, path)), root) + suffix
 
 
-@lru_cache(maxsize=4096)  # every finding of a model asks for the same file; resolving it costs syscalls
 def _relative_absolute(path: str, root: Path) -> str:
     absolute = Path(path)
     try:

@@ -78,6 +78,21 @@ class LintObserver(Protocol):
     def finished(self, outcome: TargetResult) -> None: ...
 
 
+class ObserverGroup:
+    """Several LintObservers as one (a progress bar and a report rendered as results arrive)."""
+
+    def __init__(self, *observers: LintObserver | None):
+        self.observers = [observer for observer in observers if observer is not None]
+
+    def started(self, total: int) -> None:
+        for observer in self.observers:
+            observer.started(total)
+
+    def finished(self, outcome: TargetResult) -> None:
+        for observer in self.observers:
+            observer.finished(outcome)
+
+
 class TargetResult(NamedTuple):
     """The outcome for one target: its findings, or the reason it could not be read."""
 

@@ -139,6 +139,10 @@ def _pooled(function, items, args, workers: int, on_done, on_error) -> list:
                     _send_next(tasks, sent, waiting, ahead=1)
                     if not sent:  # nothing left for it: the closed task pipe tells it to exit
                         _retire(pool, connection)
+            # Set the results aside before the collector resumes: its next young-generation pass would
+            # otherwise scan every object unpickled meanwhile (234,000 for 1,000 models: ~50 ms). The
+            # unfreeze below hands them to the oldest generation, which is collected rarely.
+            gc.freeze()
         finished = True
     finally:
         for connection in list(pool):

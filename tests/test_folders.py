@@ -395,3 +395,39 @@ def test_check_without_jobs_uses_auto_jobs(tmp_path, monkeypatch):
     lint.run_lint([str(tmp_path)], options, jobs=None)
     lint.run_lint([str(tmp_path)], options, jobs=3)
     assert seen == [1, 3]
+
+
+def test_the_report_rendered_as_results_arrive_equals_the_one_rendered_at_the_end(run_cli, tmp_path):
+    """`check` renders each model's findings as its result comes back (in completion order with --jobs);
+    the text must be render_full of all findings in report order, the rule evidence under the first finding
+    of each code of the whole report."""
+    from bnlint.lint import LintOptions, run_lint
+    from bnlint.report.text import render_full
+
+    write_models(tmp_path / "models", 14)
+    names = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*.onnx"))
+    for targets in (names[::-1], names[1::2] + names[::2]):
+        expected = render_full(run_lint(targets, LintOptions.from_cli()).findings)
+        for jobs in ("1", "2"):
+            result = run_cli("check", *targets, "--jobs", jobs, "--color", "never")
+            assert result.stdout == expected
+    assert expected.count("   = why: ") == 5  # BN001, BN002, BN004, BN005, BN006 explained once each
+
+
+def test_the_early_report_gives_way_when_two_results_share_a_path():
+    """Two targets shown under one path interleave their findings in the report: FullReport cannot order
+    them by path, says so (None), and the caller renders the sorted findings instead."""
+    from bnlint.findings import Finding, Location, Severity
+    from bnlint.report.text import FullReport, render_full
+
+    def finding(code: str, node: str) -> Finding:
+        return Finding(code, "slug", Severity.INFO, f"message about {node}", Location("m.onnx", "main", node, "Relu", 0),
+                       (), False, (), ())
+
+    first, second, third = finding("BN001", "a"), finding("BN005", "b"), finding("BN001", "c")
+    report = FullReport()
+    report.add("z.onnx", [third])
+    report.add("m.onnx", [first, second])
+    assert report.text() == render_full([first, second, third])
+    report.add("m.onnx", [first])
+    assert report.text() is None

@@ -6,10 +6,10 @@ keeps names exact (json escapes control characters itself).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from bnlint.fix.pipeline import FixOutcome
+from bnlint.report.json_layout import dumps
 from bnlint.report.safe_text import printable
 
 
@@ -82,7 +82,10 @@ def render_text(run: FixRun) -> str:
 
 
 def render_json(run: FixRun) -> str:
-    return json.dumps(report_dict(run), indent=2) + "\n"
+    return dumps(report_dict(run), rows=REPORT_ROWS) + "\n"
+
+
+REPORT_ROWS = ("changes", "kept")  # one change per line in the JSON report
 
 
 def report_dict(run: FixRun) -> dict:

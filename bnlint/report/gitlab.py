@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from bnlint.findings import Finding, Severity
 from bnlint.fingerprints import artifact_path, relative_to_root, source_path, unique_fingerprints
+from bnlint.report.json_layout import ROOT, dumps
 from bnlint.report.safe_text import json_text
 
 _SEVERITY = {Severity.INFO: "info", Severity.WARNING: "minor", Severity.ERROR: "major"}
@@ -43,4 +43,4 @@ def render_gitlab(findings: list[Finding], errors: list[tuple[str, str]], *, roo
                   source_root: str | None = None) -> str:
     issues = [_issue(f, fp, root, source_root) for f, fp in zip(findings, unique_fingerprints(findings, root))]
     issues += [_error_issue(path, message, root) for path, message in errors]
-    return json_text(json.dumps(issues, indent=2, ensure_ascii=False)) + "\n"
+    return json_text(dumps(issues, rows=(ROOT,), ensure_ascii=False)) + "\n"

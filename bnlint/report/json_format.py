@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from bnlint import __version__
 from bnlint.findings import Finding
+from bnlint.report.json_layout import dumps
 
 
 def render_json(findings: list[Finding], errors: list[tuple[str, str]], *, files: int = 0) -> str:
@@ -23,4 +23,4 @@ def render_json(findings: list[Finding], errors: list[tuple[str, str]], *, files
             "fixable": sum(1 for f in findings if f.fixable),
         },
     }
-    return json.dumps(document, indent=2) + "\n"
+    return dumps(document, rows=("findings", "errors")) + "\n"

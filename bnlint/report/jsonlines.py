@@ -12,9 +12,10 @@ from bnlint.report.safe_text import json_text
 
 
 def render_json_lines(findings: list[Finding], *, root: Path) -> str:
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder for all lines
     lines = []
     for finding, fingerprint in zip(findings, unique_fingerprints(findings, root)):
         record = finding.to_dict()
         record["fingerprint"] = fingerprint
-        lines.append(json_text(json.dumps(record, ensure_ascii=False, separators=(",", ":"))))
-    return "".join(line + "\n" for line in lines)
+        lines.append(encode(record))
+    return json_text("".join(line + "\n" for line in lines))  # escapes only inside strings: once for all

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
-import json
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 from bnlint import __version__
 from bnlint.findings import Finding, Severity
 from bnlint.fingerprints import FINGERPRINT_VERSION, artifact_path, relative_to_root, source_path, unique_fingerprints
+from bnlint.report.json_layout import dumps
 from bnlint.report.links import HOMEPAGE, rule_url
 from bnlint.report.markdown import render_rule_markdown
 from bnlint.report.ruledoc_text import render_rule_text
@@ -61,10 +62,15 @@ def _rule(doc: RuleDoc) -> dict:
 
 def _uri(path: str, root: Path) -> dict:
     """An artifactLocation: relative to %SRCROOT% inside the project, an absolute file URI outside."""
-    relative = relative_to_root(path, root)
+    uri, base = _uri_fields(relative_to_root(path, root))
+    return {"uri": uri} if base is None else {"uri": uri, "uriBaseId": base}
+
+
+@lru_cache(maxsize=4096)  # the findings of one model share its file
+def _uri_fields(relative: str) -> tuple[str, str | None]:
     if relative.startswith("/"):
-        return {"uri": Path(relative).as_uri()}
-    return {"uri": quote(relative), "uriBaseId": SRCROOT}
+        return Path(relative).as_uri(), None
+    return quote(relative), SRCROOT
 
 
 def _inside(path: str, root: Path) -> bool:
@@ -153,4 +159,4 @@ def render_sarif(findings: list[Finding], errors: list[tuple[str, str]], *, root
         "results": [_result(f, fp, rule_index, root, source_root) for f, fp in zip(findings, fingerprints)],
     }
     document = {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
-    return json_text(json.dumps(document, indent=2, ensure_ascii=False)) + "\n"
+    return json_text(dumps(document, rows=("results",), ensure_ascii=False)) + "\n"
