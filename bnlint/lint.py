@@ -137,8 +137,11 @@ def lint_target(target: str, options: LintOptions) -> TargetResult:
         pictures = ()
         if options.pictures:
             from bnlint.pictures import pictures_for
+            from bnlint.report.markdown import MAX_DETAILED
 
-            pictures = pictures_for(model, findings)
+            # The report details its first MAX_DETAILED findings, which are among the first MAX_DETAILED of
+            # their file (each file's findings come in report order): only those get a picture.
+            pictures = pictures_for(model, findings[:MAX_DETAILED])
         model.release()
     return TargetResult(target, shown, findings=tuple(findings), pictures=pictures,
                         ignores_used=ignored.used, ignores_applied=ignored.applied)
