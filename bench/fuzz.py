@@ -7,7 +7,8 @@ Inputs are valid seed models (fixtures/**/*.onnx, the text fixtures, and a few b
 functions, external data, every BN/Dropout opset variant) mutated at the byte level (bit flips, byte
 overwrites, truncation, chunk deletion/duplication, splices) or at the protobuf level (op types, domains,
 attribute types and values, tensor types, shapes and data, opset and IR versions, external data
-locations, node order and wiring). Each runs in-process through click's CliRunner; every Nth also runs as a
+locations, node order and wiring). `check` takes each report format in turn. Each runs in-process through
+click's CliRunner; every Nth also runs as a
 real subprocess to catch signals. A run fails when it raises, prints a traceback or an "internal error",
 exits with another code, or writes a file when it exits 2 (`check` never writes; `fix` may write its
 output only when it exits 0 or 1). Failing inputs are kept in --keep (default: a temp folder) for replay.
@@ -451,6 +452,7 @@ def fuzz(count: int, seed: int = 0, *, fix_every: int = 0, subprocess_every: int
     from click.testing import CliRunner
 
     from bnlint.cli import cli
+    from bnlint.report import FORMATS
 
     rng = random.Random(seed)
     seeds = all_seeds()
@@ -473,7 +475,9 @@ def fuzz(count: int, seed: int = 0, *, fix_every: int = 0, subprocess_every: int
             (case / "m.onnx").write_bytes(data)
             if base.external is not None:
                 (case / DATA_NAME).write_bytes(base.external)
-            runs = [("check", ["check", "case/m.onnx", "-q", "--jobs", "1"], ())]
+            # every report format in turn: a name the text formats show may be one a JSON encoder refuses
+            fmt = FORMATS[index % len(FORMATS)]
+            runs = [("check", ["check", "case/m.onnx", "-q", "--jobs", "1", "--format", fmt], ())]
             if fix_every and index % fix_every == 0:
                 runs.append(("fix", ["fix", "case/m.onnx", "-o", "case/out.onnx", "-q"],
                              ("out.onnx", "out.onnx.data")))

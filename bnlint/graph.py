@@ -63,7 +63,10 @@ class Node:
         self.proto = proto
         self.op_type = proto.op_type if op_type is None else op_type
         self.domain = proto.domain if domain is None else domain
-        self.name = proto.name
+        name = proto.name
+        # protobuf hands a name that is not valid UTF-8 over as bytes: shown as text with \x escapes, so every
+        # report (JSON among them) can hold it
+        self.name = name if name.__class__ is str else name.decode("utf-8", "backslashreplace")
         self.inputs = tuple(proto.input) if inputs is None else inputs
         self.outputs = tuple(proto.output) if outputs is None else outputs
 
@@ -76,6 +79,8 @@ class Node:
         if self.name:
             return self.name
         first = next((o for o in self.outputs if o), "")
+        if first.__class__ is not str:
+            first = first.decode("utf-8", "backslashreplace")
         return f"{self.op_type}@{first}" if first else f"{self.op_type}#{self.index}"
 
     @property

@@ -153,3 +153,25 @@ def test_printable_fast_path_is_sound():
 
     escaped = [chr(c) for c in range(sys.maxunicode + 1) if _UNSAFE.match(chr(c))]
     assert escaped and not any(char.isprintable() for char in escaped)
+
+
+@pytest.mark.parametrize("fmt", ["full", "concise", "json", "json-lines", "sarif", "github", "gitlab", "junit",
+                                 "markdown"])
+def test_a_name_that_is_not_utf8_is_shown_with_escapes_in_every_format(tmp_path, monkeypatch, run_cli, fmt):
+    """protobuf hands a string field that is not valid UTF-8 over as bytes; the JSON formats crashed on it
+    (`bytes is not JSON serializable`, a traceback) and the text ones printed b'...'."""
+    monkeypatch.chdir(tmp_path)
+    model = hostile_model()
+    model.graph.node[1].name = "bnX"
+    data = model.SerializeToString().replace(b"bnX", b"b\xecX")  # same length: the framing stays valid
+    (tmp_path / "m.onnx").write_bytes(data)
+    result = run_cli("check", "m.onnx", "--format", fmt, "--select", "BN004,BN008")
+    assert result.exit_code == 1, result.stderr
+    if fmt in ("json", "json-lines", "sarif", "gitlab"):
+        documents = [json.loads(line) for line in result.stdout.splitlines()] if fmt == "json-lines" else \
+            [json.loads(result.stdout)]
+        shown = list(strings(documents))
+    else:
+        shown = [result.stdout]
+    assert any("b\\xecX" in text for text in shown)  # the byte as a \x escape, in the name's place
+    assert not any("b'" in text for text in shown)

@@ -26,7 +26,10 @@ def _escape(match: re.Match) -> str:
 
 def printable(text: str, keep: str = "") -> str:
     """`text` with control, line-separator and bidi-override characters written as escapes, except the
-    characters in `keep` (for formats that encode CR and LF their own way: GitHub, Markdown, Mermaid)."""
+    characters in `keep` (for formats that encode CR and LF their own way: GitHub, Markdown, Mermaid). A name
+    protobuf could not decode as UTF-8 arrives as bytes: its invalid bytes are shown as \\x escapes."""
+    if text.__class__ is not str:
+        text = text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else str(text)
     if text.isprintable() or not _UNSAFE.search(text):  # every escaped character is non-printable to Python
         return text
     return _UNSAFE.sub(lambda m: m.group(0) if m.group(0) in keep else _escape(m), text)
