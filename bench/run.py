@@ -248,6 +248,7 @@ class Bench:
         if spec.external:
             inproc["onnx.load(graph only)"] = self.step("onnx.load(graph only)", path, own=True)
         inproc["bnlint check"] = self.step("bnlint check", path, own=True)
+        inproc["check floor: tables + output"] = self.step("check floor: tables + output", path, own=True)
         python = sys.executable
         whole = {"onnx.load": self.whole("python -c onnx.load", [
             python, "-c", "import sys, onnx; onnx.load(sys.argv[1])", str(path)], path.parent)}

@@ -9,6 +9,7 @@ protocol goes to a private copy of stdout; the tools' own prints (and C-level wr
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -59,7 +60,9 @@ def run_step(args, emit) -> None:
     started = time.perf_counter()
     try:
         factory = STEPS[args.step]
-        step = factory(rewritten=Path(args.rewritten)) if args.rewritten else factory()
+        given = {"rewritten": Path(args.rewritten) if args.rewritten else None, "model": Path(args.model)}
+        wanted = inspect.signature(factory).parameters  # a step that prepares per model names it
+        step = factory(**{key: value for key, value in given.items() if key in wanted and value is not None})
     except StepFailed as exc:
         emit(event="error", message=str(exc))
         return

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bnlint.bnstats import bn_facts
-from bnlint.graph import Node
+from bnlint.graph import ONNX_DOMAINS, Node
 from bnlint.ops import value_rank
 from bnlint.semantics import BatchNorm
 
@@ -128,6 +128,10 @@ def consumers_reason(node: Node, value: str) -> str | None:
 def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
     """The layer `bn` folds into, or the reason it cannot be folded."""
     graph = bn.node.graph
+    if graph.memoize_shapes and graph.parent is None:  # a main graph as loaded (lint): try the common case
+        target = _plain_conv_target(bn, graph)
+        if target is not None:
+            return target
     if bn.training:
         return Refusal(bn, f"BN is in training mode ({bn.training_reason}); see BN006")
     if not bn.spatial:
@@ -175,6 +179,38 @@ def fold_target(bn: BatchNorm) -> FoldTarget | Refusal:
         if isinstance(affine, str):
             return Refusal(bn, affine, layer)
     return FoldTarget(bn, layer, add)
+
+
+def _plain_conv_target(bn: BatchNorm, graph) -> FoldTarget | None:
+    """fold_target's answer for the common case, read straight from the graph's tables: an inference BN whose
+    parameters bnlint.bnstats found foldable, right after a standard Conv that only it reads, with initializer
+    weight (and bias) whose first dimension is BN's channel count. None: anything else, which fold_target
+    then decides step by step (so this can only ever agree with it; tests/test_rule_fast_paths.py compares
+    the two). Lint asks this once per BN of every model: on a deep CNN this answer takes a few dictionary
+    lookups where the step-by-step path makes some twenty calls through the graph view."""
+    if bn.training or not bn.spatial:
+        return None
+    facts = bn_facts(bn)
+    if facts is None or not facts.foldable_numerics:
+        return None
+    x = bn.x
+    conv = graph._producers.get(x)
+    if conv is None or graph._op_types[conv] != "Conv" or graph._domains[conv] not in ONNX_DOMAINS:
+        return None
+    if graph._outputs[conv][0] != x or len(graph._consumers.get(x, ())) != 1 or x in graph.output_names:
+        return None
+    inputs = graph._inputs[conv]
+    if len(inputs) < 2 or len(inputs) > 3:
+        return None
+    initializers = graph._initializers
+    weight = initializers.get(inputs[1])
+    if weight is None or inputs[1] in graph._value_info or (len(inputs) == 3 and inputs[2]
+                                                             and inputs[2] not in initializers):
+        return None
+    dims = weight.dims
+    if not dims or dims[0] != facts.channels:
+        return None
+    return FoldTarget(bn, graph.node_at(conv), None)
 
 
 def _leading_dim(shape: tuple | None) -> int | None:

@@ -64,9 +64,20 @@ def _matches_channels(bias_shape: tuple, scale_shape: tuple | None) -> bool:
     return bool(bias_shape and scale_shape) and bias_shape[-1] == scale_shape[0]
 
 
+# What the node right before a BN must be for bias_site to find a layer.
+_BIAS_FIRST_STEPS = frozenset({"Identity", "Conv", "ConvTranspose", "Gemm", "Add"})
+
+
 def bias_site(bn: BatchNorm) -> BiasSite | None:
     """The layer right before `bn` (through Identity) when its bias is constant per BN channel."""
     graph = bn.node.graph
+    first = graph.local_producer_op(bn.x)
+    if first == "Conv" or first == "ConvTranspose":  # the common case, without a walk
+        layer = graph.producer(bn.x)
+        bias = layer.input(2)
+        return BiasSite(layer, (), bias) if bias else None
+    if first is not None and first not in _BIAS_FIRST_STEPS:
+        return None
     path = walk_up(graph, bn.x, THROUGH_IDENTITY)
     if path is None:
         return None

@@ -151,6 +151,9 @@ class LiveGraph(Graph):
         index = self._producers.get(name)
         return None if index is None or index in self._removed_indices else self.node_at(index)
 
+    def local_producer_op(self, name: str) -> str | None:
+        return None  # the loaded tables do not follow the edits: callers take the full path
+
     def _base_consumers(self, name: str) -> list[Node]:
         return [self.node_at(i) for i in self._consumers.get(name, ()) if i not in self._removed_indices]
 
