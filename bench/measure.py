@@ -84,8 +84,9 @@ def _last_line(path: str) -> str:
 def run_in_process(step: str, model: Path, out_dir: Path, *, runs: int, kill_after: float, cap: float,
                    external: bool = False, keep_output: bool = False, rewritten: Path | None = None,
                    evaluate: tuple[Path, Path, Path] | None = None, extra_args: tuple[str, ...] = (),
-                   start_timeout: float = 180.0) -> Cell:
-    """Run a step up to `runs` times in one child (tools.STEPS), or one evaluation (worker.evaluate)."""
+                   start_timeout: float = 180.0, paired: str | None = None) -> Cell:
+    """Run a step up to `runs` times in one child (tools.STEPS), or one evaluation (worker.evaluate).
+    `paired`: a floor step the child runs alternately with it; its times land in extra["paired_s"]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if evaluate:
         argv = [sys.executable, str(WORKER), "--evaluate", *map(str, evaluate), *extra_args]
@@ -94,6 +95,8 @@ def run_in_process(step: str, model: Path, out_dir: Path, *, runs: int, kill_aft
         argv += ["--external"] * external + ["--keep-output"] * keep_output
         if rewritten:
             argv += ["--rewritten", str(rewritten)]
+        if paired:
+            argv += ["--paired", paired]
     cell = Cell(runs_wanted=runs)
     with tempfile.NamedTemporaryFile("w+", suffix=".stderr", delete=False) as err:
         err_path = err.name
@@ -148,6 +151,8 @@ def _stream(process: subprocess.Popen, cell: Cell, kill_after: float, start_time
                 cell.times_s.append(event["seconds"])
                 cell.extra.setdefault("read_bytes", []).append(event["read_bytes"])
                 cell.extra.setdefault("rss_after_run_mb", []).append(event["rss_mb"])
+                if "paired_seconds" in event:
+                    cell.extra.setdefault("paired_s", []).append(event["paired_seconds"])
                 deadline = time.monotonic() + kill_after
             elif kind == "error":
                 cell.status, cell.reason = _classify(event["message"])

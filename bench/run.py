@@ -157,27 +157,31 @@ class Bench:
 
     # -- cells ------------------------------------------------------------------------------------------------
     def step(self, name: str, model: Path, *, own: bool, external: bool = False, keep: Path | None = None,
-             rewritten: Path | None = None) -> Cell:
-        """One in-process cell; with `keep`, the last run's output is moved there for later evaluation."""
+             rewritten: Path | None = None, paired: str | None = None) -> Cell:
+        """One in-process cell; with `keep`, the last run's output is moved there for later evaluation; with
+        `paired`, that floor step runs alternately with this one in the same child (extra["paired_s"])."""
+        label = f"{name} | {paired}" if paired else name
         skipped = self.over_budget()
-        hopeless = self.hopeless(name, own)
+        hopeless = self.hopeless(label, own)
         if skipped or hopeless:
             cell = skipped or Cell("skipped", hopeless, runs_wanted=self.plan.runs)
-            log(f"  {name:<26} {cell.describe()}")
+            log(f"  {label:<26} {cell.describe()}")
             return cell
         out_dir = self.work / "out"
         shutil.rmtree(out_dir, ignore_errors=True)
         cell = self.budget_cut(run_in_process(name, model, out_dir, runs=self.plan.runs, kill_after=self.limit(own),
                                               cap=self.plan.cell_cap, external=external,
-                                              keep_output=keep is not None, rewritten=rewritten), own)
+                                              keep_output=keep is not None, rewritten=rewritten, paired=paired),
+                               own)
         if keep is not None:
             shutil.rmtree(keep, ignore_errors=True)
             if cell.ok and (out_dir / "out.onnx").exists():
                 out_dir.rename(keep)
         shutil.rmtree(out_dir, ignore_errors=True)
-        log(f"  {name:<26} {cell.describe()}" + (f"  peak RSS {cell.peak_rss_mb:,.0f} MB" if cell.ok else ""))
-        self.remember(name, cell)
-        self.note_retention(name, model, cell)
+        log(f"  {label:<26} {cell.describe()}" + (f"  peak RSS {cell.peak_rss_mb:,.0f} MB" if cell.ok else ""))
+        self.remember(label, cell)
+        if not paired:  # a paired cell's peak includes its floor's
+            self.note_retention(name, model, cell)
         return cell
 
     def note_retention(self, name: str, model: Path, cell: Cell) -> None:
@@ -249,6 +253,8 @@ class Bench:
             inproc["onnx.load(graph only)"] = self.step("onnx.load(graph only)", path, own=True)
         inproc["bnlint check"] = self.step("bnlint check", path, own=True)
         inproc["check floor: tables + output"] = self.step("check floor: tables + output", path, own=True)
+        if not spec.external:  # the same ratio from alternating runs in one process: both see the same noise
+            inproc["bnlint check | onnx.load"] = self.step("bnlint check", path, own=True, paired="onnx.load")
         python = sys.executable
         whole = {"onnx.load": self.whole("python -c onnx.load", [
             python, "-c", "import sys, onnx; onnx.load(sys.argv[1])", str(path)], path.parent)}

@@ -3,7 +3,9 @@
 One child per measurement, so its peak RSS (read by the parent with wait4) belongs to that step alone. The
 protocol goes to a private copy of stdout; the tools' own prints (and C-level writes to fd 1) go to
 /dev/null. Usage (from bench/run.py): worker.py STEP MODEL OUT_DIR --runs N --cap SECONDS [--external]
-[--keep-output] [--rewritten PATH]; or worker.py --evaluate ORIGINAL OUTPUT REFERENCE_NPY [--bn-only].
+[--keep-output] [--rewritten PATH] [--paired FLOOR_STEP]; or worker.py --evaluate ORIGINAL OUTPUT REFERENCE_NPY
+[--bn-only]. With --paired, the floor step runs alternately with STEP in this child and each run event also
+carries the floor's time of that round (its RSS is then not the step's alone).
 """
 
 from __future__ import annotations
@@ -58,11 +60,16 @@ def run_step(args, emit) -> None:
     from tools import STEPS, StepFailed
 
     started = time.perf_counter()
-    try:
-        factory = STEPS[args.step]
-        given = {"rewritten": Path(args.rewritten) if args.rewritten else None, "model": Path(args.model)}
+    given = {"rewritten": Path(args.rewritten) if args.rewritten else None, "model": Path(args.model)}
+
+    def prepared(name: str):
+        factory = STEPS[name]
         wanted = inspect.signature(factory).parameters  # a step that prepares per model names it
-        step = factory(**{key: value for key, value in given.items() if key in wanted and value is not None})
+        return factory(**{key: value for key, value in given.items() if key in wanted and value is not None})
+
+    try:
+        step = prepared(args.step)
+        floor = prepared(args.paired) if args.paired else None
     except StepFailed as exc:
         emit(event="error", message=str(exc))
         return
@@ -80,6 +87,9 @@ def run_step(args, emit) -> None:
         # do not fsync would otherwise be written back during the next tool's clock (one peer's fix of the
         # 2.4 GB model measured 1.2 s in one run and 6 s in another). Costs nothing when nothing is dirty.
         os.sync()
+        paired = {}
+        if floor is not None and index % 2 == 0:  # the floor first in even rounds, second in odd ones
+            paired["paired_seconds"] = _timed(floor, model, out, args.external)
         before = read_chars()
         t0 = time.perf_counter()
         try:
@@ -88,7 +98,10 @@ def run_step(args, emit) -> None:
             emit(event="error", message=str(exc))
             return
         seconds = time.perf_counter() - t0
-        emit(event="run", seconds=seconds, read_bytes=read_chars() - before, rss_mb=rss_mb())
+        read, rss = read_chars() - before, rss_mb()
+        if floor is not None and index % 2 == 1:
+            paired["paired_seconds"] = _timed(floor, model, out, args.external)
+        emit(event="run", seconds=seconds, read_bytes=read, rss_mb=rss, **paired)
         spent += seconds
         if index + 1 < args.runs and spent + seconds > args.cap:
             emit(event="capped", runs=index + 1)
@@ -96,6 +109,14 @@ def run_step(args, emit) -> None:
     if not args.keep_output:
         clear(out_dir)
     emit(event="done")
+
+
+def _timed(step, model: Path, out: Path, external: bool) -> float:
+    """One run of a paired floor step, in seconds (after os.sync, as every timed run)."""
+    os.sync()
+    t0 = time.perf_counter()
+    step(model, out, external)
+    return time.perf_counter() - t0
 
 
 def evaluate(original: Path, output: Path, reference: Path, emit, bn_only: bool = False) -> None:
@@ -143,6 +164,8 @@ def main() -> None:
     parser.add_argument("--external", action="store_true")
     parser.add_argument("--keep-output", action="store_true")
     parser.add_argument("--rewritten")
+    parser.add_argument("--paired", help="a floor step run alternately with STEP in this process, each round "
+                                         "timed (its times come as paired_seconds in the run events)")
     parser.add_argument("--evaluate", nargs=3, metavar=("ORIGINAL", "OUTPUT", "REFERENCE"))
     parser.add_argument("--bn-only", action="store_true", help="with --evaluate: count BN, skip onnxruntime")
     args = parser.parse_args()

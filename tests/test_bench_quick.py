@@ -62,6 +62,11 @@ def test_quick_bench_writes_complete_results(tmp_path):
         for cell in (inproc["onnx.load"], inproc["bnlint check"], whole["onnx.load"], whole["bnlint check"]):
             assert_timed(cell, runs)
         assert inproc["bnlint check"]["read_mb"] >= 0
+        assert_timed(inproc["check floor: tables + output"], runs)
+        if not model["external"]:  # check and onnx.load alternately in one process: one floor time per round
+            paired = inproc["bnlint check | onnx.load"]
+            assert_timed(paired, runs)
+            assert len(paired["extra"]["paired_s"]) == len(paired["times_s"]) and min(paired["extra"]["paired_s"]) > 0
         if model["external"]:
             assert_timed(inproc["onnx.load(graph only)"], runs)
             # lint reads the graph and the BN parameters, not the Conv weights
@@ -153,3 +158,7 @@ def test_report_renders_ratios_against_the_floor(bench):
     assert report.ratio(cell, floor, "peak_rss_mb") == 2.0
     assert report.ratio({"status": "skipped", "reason": "too slow (>60 s)"}, floor) is None
     assert report.timing({"status": "skipped", "reason": "too slow (>60 s)"}) == "skipped: too slow (>60 s)"
+    paired = dict(cell, extra={"paired_s": [0.1, 0.1, 0.05]})  # rounds: 2x, 3x, 8x
+    assert report.paired_ratio(paired) == pytest.approx((3.0, 2.0, 8.0))
+    assert report.paired_text(paired) == "3.00x (2.00-8.00)"
+    assert report.paired_ratio(cell) is None and report.paired_text(floor) == "-"
