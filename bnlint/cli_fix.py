@@ -103,10 +103,13 @@ def _fix_codes(model: str, config, select, extend_select, ignore) -> tuple[str, 
               help="text: report on stderr (a --diff on stdout); json: one JSON document on stdout (an array "
                    "for several models), with the diff inside for --diff.")
 @click.option("-q", "--quiet", is_flag=True, help="No report on success (errors and failures are still shown).")
+@click.option("--show-changes", is_flag=True,
+              help="List every change and every BN left in the text report [default: the first 10 of each list, "
+                   "then how many more].")
 @torch_input_options
 def fix(models, output, in_place, select, extend_select, ignore, config_path, unsafe_fixes, show_diff, no_verify,
         dims, inputs_npz, rtol, atol, seed, verify_timeout, verify_memory, max_model_size, output_format, quiet,
-        input_shapes, input_dtypes, source_root, trust):
+        show_changes, input_shapes, input_dtypes, source_root, trust):
     """Rewrite MODEL(s) for inference: fold BN, remove no-op Dropout, merge BNs, drop cancelled biases, and
     move ReLU/BN after MaxPool; verify with onnxruntime before writing anything."""
     models = list(dict.fromkeys(models))
@@ -146,7 +149,7 @@ def fix(models, output, in_place, select, extend_select, ignore, config_path, un
             if output_format == "json":
                 reports.append(run)
             else:
-                _report_text(run, quiet and run.exit_code == 0)
+                _report_text(run, quiet and run.exit_code == 0, show_changes)
             if no_verify and run.written:
                 click.echo(NO_VERIFY_WARNING, err=True)
             worst = max(worst, run.exit_code)
@@ -329,11 +332,11 @@ def _error_line(message: str) -> None:
     click.echo(f"bnlint: error: {printable(message)}", err=True)
 
 
-def _report_text(run, quiet: bool) -> None:
-    from bnlint.fix.report import render_text
+def _report_text(run, quiet: bool, show_all: bool) -> None:
+    from bnlint.fix.report import SHOWN_PER_LIST, render_text
 
     if not quiet:
-        click.echo(render_text(run), nl=False, err=True)
+        click.echo(render_text(run, None if show_all else SHOWN_PER_LIST), nl=False, err=True)
 
 
 def _report_json(reports: list, single: bool) -> None:

@@ -45,24 +45,30 @@ def bn_line(outcome: FixOutcome) -> str:
             f"kept {len(bn.kept)}")
 
 
-def render_text(run: FixRun) -> str:
+SHOWN_PER_LIST = 10  # changes per rule, and BNs left, that the text report lists before it counts the rest
+
+
+def render_text(run: FixRun, shown: int | None = SHOWN_PER_LIST) -> str:
+    """The human report. A deep model can fold tens of thousands of BNs, so each list stops after `shown`
+    entries and says how many it left out (None lists all; the JSON report always has every one)."""
     outcome = run.outcome
     lines = [f"bnlint fix: {run.model}" + (f" -> {run.output}" if run.output else "")]
     for result in outcome.passes:
         if not result.changes and not result.kept:
             continue
         lines.append(f"  {result.code} {result.title}: {len(result.changes)} change(s)")
-        for change in result.changes:
+        for change in result.changes[:shown]:
             where = "" if change.graph == "main" else f" [{change.graph}]"
             lines.append(f"    {change.message}{where}")
             lines.extend(f"      note: {note}" for note in change.notes)
-        for kept in result.kept:
-            if result.code == "BN004":
-                continue  # BN004 refusals are listed once, per BN, below
-            lines.append(f"    left: {kept.reason}")
+        lines.extend(_left_out(result.changes, shown, "    "))
+        left = [kept for kept in result.kept if result.code != "BN004"]  # BN004's are listed per BN below
+        lines.extend(f"    left: {kept.reason}" for kept in left[:shown])
+        lines.extend(_left_out(left, shown, "    "))
     lines.append(bn_line(outcome) + (":" if outcome.bn.kept else ""))
-    for graph, _node, reason in outcome.bn.kept:
+    for graph, _node, reason in outcome.bn.kept[:shown]:
         lines.append(f"  {reason}" + ("" if graph == "main" else f" [{graph}]"))
+    lines.extend(_left_out(outcome.bn.kept, shown, "  "))
     removed = outcome.nodes_before - outcome.nodes_after
     lines.append(f"nodes: {outcome.nodes_before} -> {outcome.nodes_after} ({removed} removed); "
                  f"parameter bytes saved: {_size(outcome.bytes_saved)}")
@@ -79,6 +85,14 @@ def render_text(run: FixRun) -> str:
     else:
         lines.append(f"wrote nothing ({run.seconds:.2f}s)")
     return "".join(printable(line) + "\n" for line in lines)
+
+
+def _left_out(items: list, shown: int | None, indent: str) -> list[str]:
+    """The line that counts what a capped list did not show (none when it showed everything)."""
+    if shown is None or len(items) <= shown:
+        return []
+    return [f"{indent}... and {len(items) - shown:,} more (--show-changes lists them all; --format json has "
+            "every one)"]
 
 
 def render_json(run: FixRun) -> str:
