@@ -188,20 +188,36 @@ class Graph:
 
     # -- node tables -------------------------------------------------------------------------------
     @cached_property
+    def _node_table(self) -> tuple[list[str], list[str], list[tuple[str, ...]], list[tuple[str, ...]]]:
+        """Op types, domains, inputs and outputs of every node, read in one pass: on a deep model the node
+        protos outgrow the caches, and four passes took ~1.5 us a node at 60,000 nodes against ~1.0 for one."""
+        op_types: list[str] = []
+        domains: list[str] = []
+        inputs: list[tuple[str, ...]] = []
+        outputs: list[tuple[str, ...]] = []
+        add_op, add_domain, add_inputs, add_outputs = op_types.append, domains.append, inputs.append, outputs.append
+        for proto in self._protos:
+            add_op(proto.op_type)
+            add_domain(proto.domain)
+            add_inputs(tuple(proto.input[:]))  # slicing first: 2x faster with upb
+            add_outputs(tuple(proto.output[:]))
+        return op_types, domains, inputs, outputs
+
+    @cached_property
     def _op_types(self) -> list[str]:
-        return [proto.op_type for proto in self._protos]
+        return self._node_table[0]
 
     @cached_property
     def _domains(self) -> list[str]:
-        return [proto.domain for proto in self._protos]
+        return self._node_table[1]
 
     @cached_property
     def _inputs(self) -> list[tuple[str, ...]]:
-        return [tuple(proto.input[:]) for proto in self._protos]  # slicing first: 2x faster with upb
+        return self._node_table[2]
 
     @cached_property
     def _outputs(self) -> list[tuple[str, ...]]:
-        return [tuple(proto.output[:]) for proto in self._protos]
+        return self._node_table[3]
 
     @cached_property
     def _op_index(self) -> dict[str, list[int]]:
